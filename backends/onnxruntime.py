@@ -1,0 +1,214 @@
+"""ONNX Runtime backend (``platform: "onnxruntime_onnx"`` or ``backend: "onnxruntime"``).
+
+Config ``parameters`` (string values, as in Triton's onnxruntime backend):
+``intra_op_thread_count``, ``inter_op_thread_count``, ``execution_mode`` (0 sequential,
+1 parallel) and ``graph_optimization_level`` (-1 basic, 0 extended, 1 all; also settable as
+``optimization { graph { level } }``). GPU instances use the CUDA provider; the TensorRT
+provider is added by ``optimization { execution_accelerators { gpu_execution_accelerator
+[{ name: "tensorrt" }] } }``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+from nereid.backends.base import Backend, InstanceContext, Model, ModelContext, ModelInstance
+from nereid.backends.batching import merge_inputs, split_outputs
+from nereid.proto import model_config_pb2 as mc
+from nereid.server.datatypes import api_to_config
+from nereid.server.errors import InvalidArgument, Unavailable
+from nereid.server.types import InferRequest, InferResponse, Tensor
+
+DEFAULT_MAX_BATCH_SIZE = 4  # Triton's --backend-config=default-max-batch-size
+
+# ONNX element type (as onnxruntime names it) -> API datatype.
+_ORT_TYPES = {
+    "tensor(bool)": "BOOL",
+    "tensor(uint8)": "UINT8",
+    "tensor(uint16)": "UINT16",
+    "tensor(uint32)": "UINT32",
+    "tensor(uint64)": "UINT64",
+    "tensor(int8)": "INT8",
+    "tensor(int16)": "INT16",
+    "tensor(int32)": "INT32",
+    "tensor(int64)": "INT64",
+    "tensor(float16)": "FP16",
+    "tensor(float)": "FP32",
+    "tensor(double)": "FP64",
+    "tensor(string)": "BYTES",
+    "tensor(bfloat16)": "BF16",
+}
+_LEVELS = {
+    "-1": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "0": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "1": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+
+
+def _probe_session(path: Path) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.intra_op_num_threads = 1
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _dims(shape: list[Any]) -> list[int]:
+    return [d if isinstance(d, int) and d > 0 else -1 for d in shape]
+
+
+class OnnxRuntimeBackend(Backend):
+    platforms = ("onnxruntime_onnx",)
+    default_model_filename = "model.onnx"
+
+    def auto_complete_config(self, config: mc.ModelConfig, version_dir: Path) -> None:
+        """Triton's ONNX auto-complete: inputs, outputs and a batch dimension from the graph."""
+        if config.input and config.output:
+            return
+        path = _model_path(version_dir, config.default_model_filename)
+        if not path.exists():
+            return
+        session = _probe_session(path)
+        inputs, outputs = session.get_inputs(), session.get_outputs()
+        tensors = inputs + outputs
+        if config.max_batch_size == 0 and not config.input and not config.output:
+            batchable = all(t.shape and not (isinstance(t.shape[0], int) and t.shape[0] > 0) for t in tensors)
+            if batchable:
+                config.max_batch_size = DEFAULT_MAX_BATCH_SIZE
+                if config.WhichOneof("scheduling_choice") is None:
+                    config.dynamic_batching.SetInParent()
+        skip = 1 if config.max_batch_size > 0 else 0
+        for target, found in ((config.input, inputs), (config.output, outputs)):
+            if len(target):
+                continue
+            for tensor in found:
+                entry = target.add()
+                entry.name = tensor.name
+                entry.data_type = mc.DataType.Value(api_to_config(_ORT_TYPES.get(tensor.type, "FP32")))
+                entry.dims.extend(_dims(tensor.shape[skip:]) or [1])
+
+    def load_model(self, context: ModelContext) -> Model:
+        path = _model_path(context.version_dir, context.config.default_model_filename)
+        if not path.exists():
+            raise Unavailable(f"model file '{path}' does not exist")
+        return OnnxModel(context, path)
+
+
+def _model_path(version_dir: Path, filename: str) -> Path:
+    path = version_dir / (filename or "model.onnx")
+    return path / "model.onnx" if path.is_dir() else path
+
+
+class OnnxModel(Model):
+    def __init__(self, context: ModelContext, path: Path) -> None:
+        super().__init__(context)
+        self.path = path
+
+    def session_options(self) -> ort.SessionOptions:
+        options = ort.SessionOptions()
+        param = self.context.parameter
+        options.intra_op_num_threads = int(param("intra_op_thread_count", "0") or 0)
+        options.inter_op_num_threads = int(param("inter_op_thread_count", "0") or 0)
+        if param("execution_mode", "0") == "1":
+            options.execution_mode = ort.ExecutionMode.ORT_PARALLEL
+        level = param("graph_optimization_level")
+        if level is None and self.config.optimization.HasField("graph"):
+            level = str(self.config.optimization.graph.level)
+        options.graph_optimization_level = _LEVELS.get(
+            level or "1", ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        )
+        return options
+
+    def providers(self, context: InstanceContext) -> list[Any]:
+        if context.kind != "KIND_GPU":
+            return ["CPUExecutionProvider"]
+        available = ort.get_available_providers()
+        if "CUDAExecutionProvider" not in available:
+            raise Unavailable(
+                f"instance '{context.name}' is KIND_GPU but onnxruntime has no CUDA provider "
+                f"(available: {', '.join(available)}); install onnxruntime-gpu"
+            )
+        providers: list[Any] = []
+        for accelerator in self.config.optimization.execution_accelerators.gpu_execution_accelerator:
+            if accelerator.name == "tensorrt":
+                options = {"device_id": context.device_id, **dict(accelerator.parameters)}
+                providers.append(("TensorrtExecutionProvider", options))
+        providers.append(("CUDAExecutionProvider", {"device_id": context.device_id}))
+        return providers
+
+    def create_instance(self, context: InstanceContext) -> ModelInstance:
+        session = ort.InferenceSession(
+            str(self.path), self.session_options(), providers=self.providers(context)
+        )
+        return OnnxInstance(self, context, session)
+
+
+class OnnxInstance(ModelInstance):
+    def __init__(self, model: OnnxModel, context: InstanceContext, session: ort.InferenceSession) -> None:
+        super().__init__(model, context)
+        self.session = session
+        self.output_names = [o.name for o in session.get_outputs()]
+        config = model.config
+        self.batched = config.max_batch_size > 0
+        self.datatypes = {o.name: _ORT_TYPES.get(o.type, "FP32") for o in session.get_outputs()}
+        for output in config.output:
+            self.datatypes[output.name] = _ORT_TYPES.get(
+                next((o.type for o in session.get_outputs() if o.name == output.name), ""), "FP32"
+            )
+
+    def execute(self, requests: list[InferRequest]) -> list[InferResponse]:
+        responses: list[InferResponse | None] = [None] * len(requests)
+        runnable: list[int] = []
+        with self.timer.phase("input"):
+            for index, request in enumerate(requests):
+                try:
+                    _to_ort_inputs(request)
+                    runnable.append(index)
+                except InvalidArgument as exc:
+                    responses[index] = InferResponse(error=exc)
+            group = [requests[i] for i in runnable]
+            # Requests stay separate without a batch dimension.
+            calls = [group] if self.batched and group else [[r] for r in group]
+        results: list[tuple[list[InferRequest], list[np.ndarray]]] = []
+        with self.timer.phase("infer"):
+            for call in calls:
+                feed = merge_inputs(call)
+                results.append((call, self.session.run(self.output_names, feed)))
+        with self.timer.phase("output"):
+            by_id: dict[int, InferResponse] = {}
+            for call, arrays in results:
+                sizes = [r.batch_size for r in call] if self.batched else [1]
+                per_output = [split_outputs(a, sizes) for a in arrays]
+                for i, request in enumerate(call):
+                    outputs = [
+                        _tensor(name, self.datatypes[name], parts[i])
+                        for name, parts in zip(self.output_names, per_output, strict=True)
+                    ]
+                    by_id[id(request)] = InferResponse(outputs=outputs)
+            for index in runnable:
+                responses[index] = by_id[id(requests[index])]
+        return [r for r in responses if r is not None]
+
+
+def _to_ort_inputs(request: InferRequest) -> None:
+    """BYTES become ``str`` for onnxruntime (which only takes UTF-8 text); BF16 is refused."""
+    for tensor in request.inputs:
+        if tensor.datatype == "BYTES":
+            try:
+                tensor.data = np.vectorize(lambda b: b.decode("utf-8"), otypes=[object])(tensor.data)
+            except UnicodeDecodeError:
+                raise InvalidArgument(
+                    f"input '{tensor.name}': onnxruntime only accepts UTF-8 strings in BYTES tensors"
+                ) from None
+        elif tensor.datatype == "BF16":
+            raise InvalidArgument(f"input '{tensor.name}': onnxruntime's Python API cannot take BF16 tensors")
+
+
+def _tensor(name: str, datatype: str, array: np.ndarray) -> Tensor:
+    if datatype == "BYTES":
+        array = np.array(
+            [s.encode("utf-8") if isinstance(s, str) else bytes(s) for s in array.reshape(-1)], dtype=object
+        ).reshape(array.shape)
+    return Tensor(name, datatype, tuple(array.shape), array)

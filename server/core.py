@@ -1,0 +1,198 @@
+"""The inference core: everything the front-ends can ask, on neutral types.
+
+HTTP and gRPC decode into :class:`~nereid.server.types.InferRequest`, call one method here,
+and encode what comes back. Errors leave as :class:`~nereid.server.errors.ServingError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from nereid.proto import model_config_pb2 as mc
+from nereid.server.errors import (
+    Cancelled,
+    InvalidArgument,
+    ServingError,
+    Unavailable,
+    Unsupported,
+)
+from nereid.server.model_version import ModelVersion
+from nereid.server.repository import ModelRepository
+from nereid.server.responses import ResponseStream
+from nereid.server.types import InferRequest, InferResponse
+from nereid.server.validation import int_parameter
+
+SERVER_NAME = "nereid"
+SERVER_VERSION = "0.1.0"
+# Every name here is an extension that works end to end; GET /v2 reports exactly these.
+EXTENSIONS = (
+    "binary_tensor_data",
+    "model_configuration",
+    "model_repository",
+    "parameters",
+    "schedule_policy",
+    "statistics",
+)
+MAX_TIMEOUT_US = 86_400 * 1_000_000  # a day
+
+
+@dataclass(slots=True)
+class CoreOptions:
+    strict_readiness: bool = True
+    model_control_mode: str = "none"  # none | explicit
+
+
+class InferenceCore:
+    """Owns the repository and the request path; front-ends hold one of these."""
+
+    def __init__(self, roots: list[Path], options: CoreOptions | None = None, load_threads: int = 4) -> None:
+        self.options = options or CoreOptions()
+        self.repository = ModelRepository(roots, core=self, load_threads=load_threads)
+        self._state = "INITIALIZING"
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self, models: list[str] | None = None) -> None:
+        """Load the repository (every model, or ``models`` in explicit mode)."""
+        await self.repository.load_all(models)
+        self._state = "READY"
+
+    async def stop(self) -> None:
+        self._state = "EXITING"
+        await self.repository.unload_all()
+
+    # ---- health and metadata -----------------------------------------------------------------
+
+    def live(self) -> bool:
+        return self._state == "READY"
+
+    def ready(self) -> bool:
+        if self._state != "READY":
+            return False
+        return self.repository.all_ready() if self.options.strict_readiness else True
+
+    def server_metadata(self) -> dict[str, Any]:
+        return {"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": list(EXTENSIONS)}
+
+    def model_ready(self, name: str, version: str = "") -> bool:
+        try:
+            self.repository.resolve(name, version)
+        except ServingError:
+            return False
+        return True
+
+    def model_metadata(self, name: str, version: str = "") -> dict[str, Any]:
+        model = self.repository.resolve(name, version)
+        entry = self.repository.models[name]
+        mbs = model.config.max_batch_size
+        return {
+            "name": name,
+            "versions": [str(v) for v in sorted(entry.versions)],
+            "platform": model.platform,
+            "inputs": [
+                {"name": s.name, "datatype": s.datatype, "shape": s.full_shape(mbs)}
+                for s in model.inputs.values()
+            ],
+            "outputs": [
+                {"name": s.name, "datatype": s.datatype, "shape": s.full_shape(mbs)}
+                for s in model.outputs.values()
+            ],
+        }
+
+    def model_config(self, name: str, version: str = "") -> mc.ModelConfig:
+        return self.repository.resolve(name, version).config
+
+    def statistics(self, name: str = "", version: str = "") -> list[dict[str, Any]]:
+        if name:
+            models = [self.repository.resolve(name, version)]
+        else:
+            models = [m for e in self.repository.models.values() for m in e.versions.values()]
+        return [m.stats.snapshot(m.name, m.version_str) for m in models]
+
+    def loaded_models(self) -> list[ModelVersion]:
+        return [m for e in self.repository.models.values() for m in e.versions.values()]
+
+    # ---- repository --------------------------------------------------------------------------
+
+    def repository_index(self, ready_only: bool = False) -> list[dict[str, str]]:
+        return self.repository.index(ready_only)
+
+    async def load_model(self, name: str, config: mc.ModelConfig | None = None) -> None:
+        self._require_explicit("load")
+        await self.repository.load(name, config=config)
+
+    async def unload_model(self, name: str) -> None:
+        self._require_explicit("unload")
+        await self.repository.unload(name)
+
+    def _require_explicit(self, action: str) -> None:
+        if self.options.model_control_mode != "explicit":
+            raise Unsupported(f"explicit model {action} is not allowed if model control is 'none'")
+
+    # ---- inference ---------------------------------------------------------------------------
+
+    def submit(self, request: InferRequest) -> tuple[ModelVersion, ResponseStream]:
+        """Validate and queue ``request``; its responses arrive on the returned stream."""
+        model = self.repository.resolve(request.model_name, request.model_version)
+        model.validate(request)
+        params = request.parameters
+        if params:
+            request.priority = int_parameter(params, "priority", 0, 2**31) or 0
+            request.timeout_us = int_parameter(params, "timeout", 0, MAX_TIMEOUT_US) or 0
+        stream = ResponseStream(asyncio.get_running_loop())
+        request.sender = stream
+        try:
+            model.scheduler.enqueue(request)
+        except Unavailable:
+            model.stats.record_request(False, time.monotonic_ns() - request.arrival_ns, None, "REJECTED")
+            raise
+        return model, stream
+
+    async def infer(self, request: InferRequest) -> InferResponse:
+        """One request, one response (not for decoupled models)."""
+        model = self.repository.resolve(request.model_name, request.model_version)
+        if model.decoupled:
+            raise InvalidArgument(
+                f"model '{model.name}' is decoupled; use the streaming API (ModelStreamInfer or generate_stream)"
+            )
+        response: InferResponse | None = None
+        async for item in self.stream(request):
+            response = item
+        if response is None:
+            raise ServingError(f"model '{model.name}' sent no response")
+        if response.error is not None:
+            raise response.error
+        return response
+
+    async def stream(self, request: InferRequest) -> AsyncIterator[InferResponse]:
+        """Every response of one request, in order; the last one has ``final`` set."""
+        model, stream = self.submit(request)
+        ok, reason = True, "BACKEND"
+        try:
+            async for response in stream:
+                if response.error is not None:
+                    ok, reason = False, _failure_reason(response.error)
+                if not response.model_name:
+                    response.model_name, response.model_version = model.name, model.version_str
+                yield response
+        except (asyncio.CancelledError, GeneratorExit):
+            stream.cancel()
+            ok, reason = False, "CANCELED"
+            raise
+        finally:
+            dispatch = request.dispatch_ns
+            queue_ns = dispatch - request.arrival_ns if dispatch else None
+            model.stats.record_request(ok, time.monotonic_ns() - request.arrival_ns, queue_ns, reason)
+
+
+def _failure_reason(error: ServingError) -> str:
+    if isinstance(error, Cancelled):
+        return "CANCELED"
+    if isinstance(error, Unavailable):
+        return "REJECTED"
+    return "BACKEND"

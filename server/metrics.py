@@ -1,0 +1,127 @@
+"""The Monitor stage: Prometheus metrics with Triton's names, read from the core at scrape time."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+
+if TYPE_CHECKING:
+    from nereid.server.core import InferenceCore
+
+CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
+
+
+class CounterMetricFamily(Metric):
+    """A counter exposed under its exact name, as Triton does (no ``_total`` suffix)."""
+
+    def __init__(self, name: str, documentation: str, labels: list[str]) -> None:
+        super().__init__(name, documentation, "counter")
+        self._labels = labels
+
+    def add_metric(self, values: list[str], value: float) -> None:
+        self.add_sample(self.name, dict(zip(self._labels, values, strict=True)), value)
+
+
+class CoreCollector:
+    """Turns each loaded version's :class:`~nereid.server.stats.ModelStats` into metric families."""
+
+    def __init__(self, core: InferenceCore) -> None:
+        self.core = core
+
+    def collect(self) -> Iterator[Metric]:
+        labels = ["model", "version"]
+        success = CounterMetricFamily(
+            "nv_inference_request_success",
+            "Number of successful inference requests, all batch sizes",
+            labels=labels,
+        )
+        failure = CounterMetricFamily(
+            "nv_inference_request_failure",
+            "Number of failed inference requests, all batch sizes",
+            labels=[*labels, "reason"],
+        )
+        count = CounterMetricFamily(
+            "nv_inference_count", "Number of inferences performed (batch size n counts n)", labels=labels
+        )
+        exec_count = CounterMetricFamily(
+            "nv_inference_exec_count", "Number of model executions performed", labels=labels
+        )
+        durations = {
+            "request": CounterMetricFamily(
+                "nv_inference_request_duration_us",
+                "Cumulative end-to-end inference request duration in microseconds",
+                labels=labels,
+            ),
+            "queue": CounterMetricFamily(
+                "nv_inference_queue_duration_us",
+                "Cumulative inference queuing duration in microseconds",
+                labels=labels,
+            ),
+            "compute_input": CounterMetricFamily(
+                "nv_inference_compute_input_duration_us",
+                "Cumulative compute input duration in microseconds",
+                labels=labels,
+            ),
+            "compute_infer": CounterMetricFamily(
+                "nv_inference_compute_infer_duration_us",
+                "Cumulative compute inference duration in microseconds",
+                labels=labels,
+            ),
+            "compute_output": CounterMetricFamily(
+                "nv_inference_compute_output_duration_us",
+                "Cumulative inference compute output duration in microseconds",
+                labels=labels,
+            ),
+        }
+        pending = GaugeMetricFamily(
+            "nv_inference_pending_request_count",
+            "Instantaneous number of pending requests awaiting execution",
+            labels=labels,
+        )
+        pending_priority = GaugeMetricFamily(
+            "nereid_pending_request_count_by_priority",
+            "Queued requests per priority level (1 = highest), for autoscalers",
+            labels=[*labels, "priority"],
+        )
+        for model in self.core.loaded_models():
+            stats, key = model.stats, [model.name, model.version_str]
+            success.add_metric(key, stats.success.count)
+            for reason, value in stats.failures.items():
+                failure.add_metric([*key, reason], value)
+            count.add_metric(key, stats.inference_count)
+            exec_count.add_metric(key, stats.execution_count)
+            durations["request"].add_metric(key, (stats.success.ns + stats.fail.ns) // 1000)
+            durations["queue"].add_metric(key, stats.queue.ns // 1000)
+            durations["compute_input"].add_metric(key, stats.compute_input.ns // 1000)
+            durations["compute_infer"].add_metric(key, stats.compute_infer.ns // 1000)
+            durations["compute_output"].add_metric(key, stats.compute_output.ns // 1000)
+            pending.add_metric(key, stats.pending)
+            for level, value in sorted(stats.pending_by_priority.items()):
+                pending_priority.add_metric([*key, str(level)], value)
+        yield from (success, failure, count, exec_count, *durations.values(), pending, pending_priority)
+
+
+def build_registry(core: InferenceCore) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(CoreCollector(core))  # type: ignore[arg-type]
+    return registry
+
+
+class MetricsApp:
+    """A tiny ASGI app serving ``GET /metrics`` in Prometheus text format."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+
+    async def __call__(self, scope: dict, receive: object, send: object) -> None:
+        if scope["type"] != "http":
+            return
+        if scope["path"] != "/metrics":
+            status, body, ctype = 404, b'{"error":"Not Found"}', b"application/json"
+        else:
+            status, body, ctype = 200, generate_latest(self.registry), CONTENT_TYPE
+        await send({"type": "http.response.start", "status": status, "headers": [(b"content-type", ctype)]})  # type: ignore[operator]
+        await send({"type": "http.response.body", "body": body})  # type: ignore[operator]

@@ -1,0 +1,91 @@
+"""A loaded, servable version of a model: backend model, instances, scheduler, statistics."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from nereid.backends import registry
+from nereid.backends.base import InstanceContext, Model, ModelContext, ModelInstance
+from nereid.proto import model_config_pb2 as mc
+from nereid.server.model_config import TensorSpec, input_specs, output_specs
+from nereid.server.scheduler import Scheduler
+from nereid.server.stats import ModelStats
+from nereid.server.types import InferRequest
+from nereid.server.validation import validate_request
+
+
+@dataclass(eq=False)
+class ModelVersion:
+    """Everything the request path needs about one version, resolved once at load."""
+
+    name: str
+    version: int
+    config: mc.ModelConfig
+    model: Model
+    instances: list[ModelInstance]
+    scheduler: Scheduler
+    inputs: dict[str, TensorSpec]
+    outputs: dict[str, TensorSpec]
+    stats: ModelStats = field(default_factory=ModelStats)
+
+    @property
+    def version_str(self) -> str:
+        return str(self.version)
+
+    @property
+    def decoupled(self) -> bool:
+        return self.config.model_transaction_policy.decoupled
+
+    @property
+    def platform(self) -> str:
+        return self.config.platform or self.config.backend
+
+    def validate(self, request: InferRequest) -> None:
+        validate_request(request, self.name, self.inputs, self.outputs, self.config.max_batch_size)
+
+    async def unload(self) -> None:
+        await self.scheduler.stop()
+        await asyncio.to_thread(self._finalize)
+
+    def _finalize(self) -> None:
+        for instance in self.instances:
+            instance.finalize()
+        self.model.finalize()
+
+
+def instance_contexts(config: mc.ModelConfig) -> list[InstanceContext]:
+    """One context per instance: ``count`` per group, per listed GPU for GPU groups."""
+    contexts: list[InstanceContext] = []
+    for group in config.instance_group:
+        kind = mc.ModelInstanceGroup.Kind.Name(group.kind)
+        devices = list(group.gpus) if kind == "KIND_GPU" and group.gpus else [0]
+        for device in devices:
+            for _ in range(group.count):
+                contexts.append(InstanceContext(group.name, len(contexts), kind, device))
+    return contexts
+
+
+def load_version(
+    name: str, version: int, config: mc.ModelConfig, model_dir: Path, core: object
+) -> ModelVersion:
+    """Load one version synchronously (called on a loader thread); raises on failure."""
+    backend = registry.get(registry.resolve_name(config.backend, config.platform))
+    context = ModelContext(name, version, config, model_dir, model_dir / str(version), core)
+    model = backend.load_model(context)
+    instances: list[ModelInstance] = []
+    try:
+        for instance_context in instance_contexts(config):
+            instances.append(model.create_instance(instance_context))
+    except BaseException:
+        for instance in instances:
+            instance.finalize()
+        model.finalize()
+        raise
+    origin = str(model_dir)
+    inputs = {spec.name: spec for spec in input_specs(config, origin)}
+    outputs = {spec.name: spec for spec in output_specs(config, origin)}
+    stats = ModelStats()
+    scheduler = Scheduler(name, str(version), config, outputs, instances, stats)
+    return ModelVersion(name, version, config, model, instances, scheduler, inputs, outputs, stats)

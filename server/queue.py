@@ -1,0 +1,197 @@
+"""The Queue stage's request queue: priority levels, queue policies, batch forming.
+
+Triton's semantics (``dynamic_batching``): priority level 1 is served first; inside a level,
+arrival order. A level's ``ModelQueuePolicy`` bounds its size and its time in queue;
+``timeout_action`` REJECT answers UNAVAILABLE, DELAY moves the request behind all others.
+Requests batch only when their non-batch shapes agree.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from dataclasses import dataclass
+
+from nereid.proto import model_config_pb2 as mc
+from nereid.server.errors import Cancelled, InvalidArgument, ServingError, Unavailable
+from nereid.server.stats import ModelStats
+from nereid.server.types import InferRequest
+
+
+@dataclass(slots=True)
+class LevelPolicy:
+    reject_on_timeout: bool = True
+    timeout_ns: int = 0
+    allow_override: bool = False
+    max_size: int = 0
+
+    @classmethod
+    def from_proto(cls, policy: mc.ModelQueuePolicy) -> LevelPolicy:
+        return cls(
+            reject_on_timeout=policy.timeout_action != mc.ModelQueuePolicy.DELAY,
+            timeout_ns=policy.default_timeout_microseconds * 1000,
+            allow_override=policy.allow_timeout_override,
+            max_size=policy.max_queue_size,
+        )
+
+
+@dataclass(slots=True, eq=False)
+class QueuedRequest:
+    request: InferRequest
+    level: int
+    deadline_ns: int  # 0: none
+    key: tuple
+
+
+def batch_key(request: InferRequest) -> tuple:
+    """Requests with equal keys can be concatenated along dim 0."""
+    return tuple((tensor.name, tensor.shape[1:]) for tensor in request.inputs)
+
+
+class RequestQueue:
+    """Priority queue of one model version, shared by all of its instances."""
+
+    def __init__(self, batching: mc.ModelDynamicBatching | None, stats: ModelStats) -> None:
+        self.levels = max(1, batching.priority_levels) if batching else 1
+        self.default_level = (batching.default_priority_level or 1) if batching else 1
+        default = LevelPolicy.from_proto(batching.default_queue_policy) if batching else LevelPolicy()
+        self._policies = [default] * (self.levels + 1)
+        if batching:
+            for level, policy in batching.priority_queue_policy.items():
+                self._policies[level] = LevelPolicy.from_proto(policy)
+        # index 0 unused; index levels+1 holds DELAYed requests whose timeout expired.
+        self._queues: list[deque[QueuedRequest]] = [deque() for _ in range(self.levels + 2)]
+        self._stats = stats
+        self._wakeup = asyncio.Event()
+        self.closed = False
+
+    def __len__(self) -> int:
+        return sum(len(q) for q in self._queues)
+
+    def level_of(self, request: InferRequest) -> int:
+        if request.priority == 0:
+            return self.default_level
+        if not 1 <= request.priority <= self.levels:
+            raise InvalidArgument(
+                f"priority {request.priority} is outside the model's priority levels [1, {self.levels}]"
+            )
+        return request.priority
+
+    def put(self, request: InferRequest) -> None:
+        """Admit a request or raise (full queue: UNAVAILABLE; closed: UNAVAILABLE)."""
+        if self.closed:
+            raise Unavailable(f"model '{request.model_name}' is unloading")
+        level = self.level_of(request)
+        policy = self._policies[level]
+        queue = self._queues[level]
+        if policy.max_size and len(queue) >= policy.max_size:
+            raise Unavailable("Exceeds maximum queue size")
+        timeout_ns = policy.timeout_ns
+        if request.timeout_us and (policy.allow_override or not timeout_ns):
+            requested = request.timeout_us * 1000
+            timeout_ns = min(timeout_ns, requested) if timeout_ns else requested
+        deadline = request.arrival_ns + timeout_ns if timeout_ns else 0
+        queue.append(QueuedRequest(request, level, deadline, batch_key(request)))
+        self._stats.change_pending(level, 1)
+        self._wakeup.set()
+
+    def _pop_dead(self, now: int) -> list[tuple[QueuedRequest, ServingError]]:
+        """Remove cancelled and expired (REJECT) requests; move expired DELAY ones to the back."""
+        dead: list[tuple[QueuedRequest, ServingError]] = []
+        delayed = self._queues[-1]
+        for level in range(1, self.levels + 1):
+            queue = self._queues[level]
+            if not queue:
+                continue
+            keep: deque[QueuedRequest] = deque()
+            for item in queue:
+                sender = item.request.sender
+                if sender is not None and sender.cancelled:
+                    dead.append((item, Cancelled("request was cancelled")))
+                elif item.deadline_ns and now >= item.deadline_ns:
+                    if self._policies[level].reject_on_timeout:
+                        dead.append((item, Unavailable("Request timeout expired")))
+                    else:
+                        item.deadline_ns = 0
+                        delayed.append(item)
+                else:
+                    keep.append(item)
+            if len(keep) != len(queue):
+                self._queues[level] = keep
+        for item, _ in dead:
+            self._stats.change_pending(item.level, -1)
+        return dead
+
+    def _head(self) -> QueuedRequest | None:
+        for queue in self._queues[1:]:
+            if queue:
+                return queue[0]
+        return None
+
+    def _gather(self, head: QueuedRequest, max_rows: int) -> tuple[list[QueuedRequest], int]:
+        batch, rows = [], 0
+        for queue in self._queues[1:]:
+            for item in queue:
+                size = item.request.batch_size
+                if item.key != head.key or rows + size > max_rows:
+                    continue
+                batch.append(item)
+                rows += size
+                if rows == max_rows:
+                    return batch, rows
+        return batch, rows
+
+    def _remove(self, batch: list[QueuedRequest]) -> None:
+        taken = {id(item) for item in batch}
+        for index, queue in enumerate(self._queues):
+            if queue and any(id(item) in taken for item in queue):
+                self._queues[index] = deque(item for item in queue if id(item) not in taken)
+        now = time.monotonic_ns()
+        for item in batch:
+            item.request.dispatch_ns = now
+            self._stats.change_pending(item.level, -1)
+
+    async def next_batch(
+        self, max_rows: int, delay_ns: int, preferred: frozenset[int]
+    ) -> tuple[list[InferRequest], list[tuple[InferRequest, ServingError]]]:
+        """Wait for the next batch to run; also returns requests that died in the queue.
+
+        ``max_rows`` 0 means no batching: one request at a time.
+        """
+        while True:
+            now = time.monotonic_ns()
+            dead = [(item.request, err) for item, err in self._pop_dead(now)]
+            head = self._head()
+            if head is None:
+                if dead:
+                    return [], dead
+                if self.closed:
+                    return [], []
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            if max_rows == 0:
+                batch, rows = [head], head.request.batch_size
+            else:
+                batch, rows = self._gather(head, max_rows)
+            waited = now - head.request.arrival_ns
+            if max_rows == 0 or rows >= max_rows or rows in preferred or waited >= delay_ns:
+                self._remove(batch)
+                return [item.request for item in batch], dead
+            if dead:
+                return [], dead
+            self._wakeup.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), (delay_ns - waited) / 1e9)
+
+    def close(self) -> None:
+        self.closed = True
+        self._wakeup.set()
+
+    def drain(self) -> list[InferRequest]:
+        """Remove everything still queued (on unload)."""
+        items = [item for queue in self._queues for item in queue]
+        self._remove(items)
+        return [item.request for item in items]

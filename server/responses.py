@@ -1,0 +1,61 @@
+"""The Stream stage's plumbing: a request's responses, from any thread to one async reader."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator
+
+from nereid.server.types import InferResponse
+
+_END = object()
+
+
+class ResponseStream:
+    """A thread-safe :class:`~nereid.server.types.ResponseSender` read by one coroutine.
+
+    Backends (on worker threads) and the scheduler call :meth:`send`; the front-end iterates
+    with ``async for``. A final ``None`` response ends the stream without yielding anything.
+    """
+
+    __slots__ = ("_cancelled", "_loop", "_loop_thread", "_queue", "finished")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._loop_thread = threading.get_ident()
+        self._queue: asyncio.Queue[object] = asyncio.Queue()
+        self._cancelled = False
+        self.finished = False
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled
+
+    def cancel(self) -> None:
+        """The client went away: queued work for this request is dropped, not executed."""
+        self._cancelled = True
+
+    def send(self, response: InferResponse | None, final: bool) -> None:
+        if self.finished:
+            return
+        if final:
+            self.finished = True
+        if response is not None:
+            response.final = final
+            self._post(response)
+        if final:
+            self._post(_END)
+
+    def _post(self, item: object) -> None:
+        if threading.get_ident() == self._loop_thread:
+            self._queue.put_nowait(item)
+        else:
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
+
+    async def __aiter__(self) -> AsyncIterator[InferResponse]:
+        while True:
+            item = await self._queue.get()
+            if item is _END:
+                return
+            assert isinstance(item, InferResponse)
+            yield item

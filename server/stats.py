@@ -1,0 +1,127 @@
+"""Per-model-version statistics: Triton's inference/execution counters and durations.
+
+Updated from worker threads under one small lock; read by the statistics APIs and by the
+Prometheus collector at scrape time, so the request path never touches prometheus-client.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+
+
+@dataclass(slots=True)
+class Duration:
+    count: int = 0
+    ns: int = 0
+
+    def add(self, ns: int, count: int = 1) -> None:
+        self.count += count
+        self.ns += ns
+
+    def as_dict(self) -> dict[str, int]:
+        return {"count": self.count, "ns": self.ns}
+
+
+@dataclass(slots=True)
+class BatchStats:
+    compute_input: Duration = field(default_factory=Duration)
+    compute_infer: Duration = field(default_factory=Duration)
+    compute_output: Duration = field(default_factory=Duration)
+
+
+@dataclass(slots=True)
+class ExecutionRecord:
+    """What one ``execute`` call cost; per-request queue and total times are separate."""
+
+    batch_size: int  # rows (inferences) in the call
+    request_count: int
+    input_ns: int
+    infer_ns: int
+    output_ns: int
+
+
+class ModelStats:
+    """Counters for one model version (Triton's ModelStatistics)."""
+
+    FAILURE_REASONS = ("REJECTED", "CANCELED", "BACKEND", "OTHER")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.success = Duration()
+        self.fail = Duration()
+        self.queue = Duration()
+        self.compute_input = Duration()
+        self.compute_infer = Duration()
+        self.compute_output = Duration()
+        self.inference_count = 0
+        self.execution_count = 0
+        self.last_inference_ms = 0
+        self.batch_stats: dict[int, BatchStats] = {}
+        self.failures: dict[str, int] = dict.fromkeys(self.FAILURE_REASONS, 0)
+        self.pending = 0
+        self.pending_by_priority: dict[int, int] = {}
+
+    def record_execution(self, record: ExecutionRecord) -> None:
+        with self._lock:
+            self.execution_count += 1
+            self.inference_count += record.batch_size
+            n = record.request_count
+            self.compute_input.add(record.input_ns, n)
+            self.compute_infer.add(record.infer_ns, n)
+            self.compute_output.add(record.output_ns, n)
+            batch = self.batch_stats.get(record.batch_size)
+            if batch is None:
+                batch = self.batch_stats[record.batch_size] = BatchStats()
+            batch.compute_input.add(record.input_ns)
+            batch.compute_infer.add(record.infer_ns)
+            batch.compute_output.add(record.output_ns)
+
+    def record_request(self, ok: bool, total_ns: int, queue_ns: int | None, reason: str = "BACKEND") -> None:
+        """One finished request: end-to-end time, and its queue time if it reached an instance."""
+        with self._lock:
+            if ok:
+                self.success.add(total_ns)
+            else:
+                self.fail.add(total_ns)
+                self.failures[reason] = self.failures.get(reason, 0) + 1
+            if queue_ns is not None:
+                self.queue.add(queue_ns)
+            self.last_inference_ms = time.time_ns() // 1_000_000
+
+    def change_pending(self, priority: int, delta: int) -> None:
+        with self._lock:
+            self.pending += delta
+            self.pending_by_priority[priority] = self.pending_by_priority.get(priority, 0) + delta
+
+    def snapshot(self, name: str, version: str) -> dict:
+        """The JSON shape of one ``model_stats`` entry."""
+        with self._lock:
+            return {
+                "name": name,
+                "version": version,
+                "last_inference": self.last_inference_ms,
+                "inference_count": self.inference_count,
+                "execution_count": self.execution_count,
+                "inference_stats": {
+                    "success": self.success.as_dict(),
+                    "fail": self.fail.as_dict(),
+                    "queue": self.queue.as_dict(),
+                    "compute_input": self.compute_input.as_dict(),
+                    "compute_infer": self.compute_infer.as_dict(),
+                    "compute_output": self.compute_output.as_dict(),
+                    "cache_hit": {"count": 0, "ns": 0},
+                    "cache_miss": {"count": 0, "ns": 0},
+                },
+                "batch_stats": [
+                    {
+                        "batch_size": size,
+                        "compute_input": b.compute_input.as_dict(),
+                        "compute_infer": b.compute_infer.as_dict(),
+                        "compute_output": b.compute_output.as_dict(),
+                    }
+                    for size, b in sorted(self.batch_stats.items())
+                ],
+                "memory_usage": [],
+            }
