@@ -7,6 +7,7 @@ concatenation along dim 0 is always valid here.
 from __future__ import annotations
 
 import numpy as np
+
 from nereid.server.types import InferRequest
 
 

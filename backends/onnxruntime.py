@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import onnxruntime as ort
+
 from nereid.backends.base import Backend, InstanceContext, Model, ModelContext, ModelInstance
 from nereid.backends.batching import merge_inputs, split_outputs
 from nereid.proto import model_config_pb2 as mc

@@ -9,6 +9,7 @@ from __future__ import annotations
 import struct
 
 import numpy as np
+
 from nereid.server.errors import InvalidArgument
 
 NUMPY_DTYPES: dict[str, np.dtype] = {

@@ -13,6 +13,7 @@ from pathlib import Path
 import yaml
 from google.protobuf import json_format, text_format
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
+
 from nereid.proto import model_config_pb2 as mc
 from nereid.server.datatypes import config_to_api
 from nereid.server.errors import InvalidArgument

@@ -140,7 +140,10 @@ class ModelRepository:
     async def load_all(self, names: list[str] | None = None) -> None:
         found = self.scan()
         wanted = found if names is None else {n: found[n] for n in names if n in found}
-        await asyncio.gather(*(self.load(name, path) for name, path in wanted.items()))
+        # Failures are recorded in each model's state; one bad model never stops the others.
+        await asyncio.gather(
+            *(self.load(name, path) for name, path in wanted.items()), return_exceptions=True
+        )
 
     async def load(self, name: str, path: Path | None = None, config: mc.ModelConfig | None = None) -> None:
         """(Re)load a model: new versions load in the background, then replace the old ones."""

@@ -11,6 +11,7 @@ import sys
 from collections.abc import Iterator
 
 import uvicorn
+
 from nereid.server.core import CoreOptions, InferenceCore
 from nereid.server.http.app import HttpFrontend
 from nereid.server.metrics import MetricsApp, build_registry

@@ -11,12 +11,13 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from onnx import TensorProto, helper
+
 from nereid.backends import registry
 from nereid.backends.base import Backend, InstanceContext, Model, ModelContext, ModelInstance
 from nereid.server.serve import NereidServer
 from nereid.server.settings import Settings
 from nereid.server.types import InferRequest, InferResponse, Tensor
-from onnx import TensorProto, helper
 
 ONNX_TYPES = {
     "BOOL": TensorProto.BOOL,

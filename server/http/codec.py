@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import orjson
+
 from nereid.server.datatypes import DATATYPES, NUMPY_DTYPES, element_count, tensor_from_raw, tensor_to_raw
 from nereid.server.errors import InvalidArgument
 from nereid.server.types import InferRequest, InferResponse, RequestedOutput, Tensor

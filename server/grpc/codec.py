@@ -1,0 +1,204 @@
+"""KServe v2 gRPC codec: ModelInferRequest -> InferRequest and InferResponse -> ModelInferResponse.
+
+The only module that knows the protobuf form of inference requests and responses. Tensor
+data comes either all in ``raw_input_contents`` (little-endian, BYTES with 4-byte length
+prefixes) or per input in typed ``InferTensorContents``; responses always use
+``raw_output_contents``, like Triton. Sizes are checked against shapes before anything is
+allocated from client-supplied numbers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from google.protobuf import json_format
+
+from nereid.proto import grpc_service_pb2 as pb
+from nereid.server.datatypes import DATATYPES, NUMPY_DTYPES, element_count, tensor_from_raw, tensor_to_raw
+from nereid.server.errors import InvalidArgument, Unsupported
+from nereid.server.types import InferRequest, InferResponse, Parameters, RequestedOutput, Tensor
+
+# Datatype -> the InferTensorContents field that carries it, and that field's element dtype.
+# FP16 and BF16 have no typed field: they only travel in raw contents.
+_TYPED: dict[str, tuple[str, np.dtype]] = {
+    "BOOL": ("bool_contents", np.dtype(np.bool_)),
+    "INT8": ("int_contents", np.dtype(np.int32)),
+    "INT16": ("int_contents", np.dtype(np.int32)),
+    "INT32": ("int_contents", np.dtype(np.int32)),
+    "INT64": ("int64_contents", np.dtype(np.int64)),
+    "UINT8": ("uint_contents", np.dtype(np.uint32)),
+    "UINT16": ("uint_contents", np.dtype(np.uint32)),
+    "UINT32": ("uint_contents", np.dtype(np.uint32)),
+    "UINT64": ("uint64_contents", np.dtype(np.uint64)),
+    "FP32": ("fp32_contents", np.dtype(np.float32)),
+    "FP64": ("fp64_contents", np.dtype(np.float64)),
+    "BYTES": ("bytes_contents", np.dtype(object)),
+}
+_NARROW = frozenset({"INT8", "INT16", "UINT8", "UINT16"})
+_SHARED_MEMORY = "shared_memory_region"
+_INT64_MAX = 2**63 - 1
+
+
+# ---- parameters ------------------------------------------------------------------------------
+
+
+def decode_parameters(params: Mapping[str, pb.InferParameter], where: str) -> Parameters:
+    """Plain Python values from ``InferParameter`` oneofs (bool, int, float or str)."""
+    out: Parameters = {}
+    for key, param in params.items():
+        choice = param.WhichOneof("parameter_choice")
+        if choice is None:
+            raise InvalidArgument(f"{where} parameter '{key}' has no value")
+        out[key] = getattr(param, choice)
+    return out
+
+
+def encode_parameters(values: Mapping[str, Any], target: Any) -> None:
+    """Write plain values into a ``map<string, InferParameter>`` field."""
+    for key, value in values.items():
+        param = target[key]
+        if isinstance(value, bool):
+            param.bool_param = value
+        elif isinstance(value, int | np.integer):
+            if value > _INT64_MAX:
+                param.uint64_param = int(value)
+            else:
+                param.int64_param = int(value)
+        elif isinstance(value, float | np.floating):
+            param.double_param = float(value)
+        else:
+            param.string_param = value if isinstance(value, str) else str(value)
+
+
+# ---- requests --------------------------------------------------------------------------------
+
+
+def decode_request(msg: pb.ModelInferRequest) -> InferRequest:
+    """An InferRequest from a ModelInferRequest; malformed tensors raise InvalidArgument."""
+    raw = msg.raw_input_contents
+    if raw and len(raw) != len(msg.inputs):
+        raise InvalidArgument(
+            f"raw_input_contents has {len(raw)} entries but the request has {len(msg.inputs)} inputs; "
+            "when raw contents are used every input needs exactly one"
+        )
+    inputs = [_decode_input(tensor, raw[i] if raw else None) for i, tensor in enumerate(msg.inputs)]
+    outputs = [_decode_output(output) for output in msg.outputs]
+    return InferRequest(
+        model_name=msg.model_name,
+        model_version=msg.model_version,
+        id=msg.id,
+        inputs=inputs,
+        outputs=outputs,
+        parameters=decode_parameters(msg.parameters, "request"),
+    )
+
+
+def _decode_input(msg: pb.ModelInferRequest.InferInputTensor, raw: bytes | None) -> Tensor:
+    name, datatype = msg.name, msg.datatype
+    if not name:
+        raise InvalidArgument("each input needs a name")
+    if datatype not in DATATYPES:
+        raise InvalidArgument(f"input '{name}': unknown datatype '{datatype}'")
+    shape = tuple(msg.shape)
+    if any(dim < 0 for dim in shape):
+        raise InvalidArgument(f"input '{name}': shape {list(shape)} must hold non-negative integers")
+    params = decode_parameters(msg.parameters, f"input '{name}'")
+    if _SHARED_MEMORY in params:
+        raise Unsupported(f"input '{name}': shared memory is not supported; send the data in the request")
+    if raw is not None:
+        if msg.HasField("contents"):
+            raise InvalidArgument(
+                f"input '{name}': contents must not be specified when raw_input_contents is used"
+            )
+        data = _from_raw(name, datatype, shape, raw)
+    else:
+        data = _from_typed(name, datatype, shape, msg.contents)
+    return Tensor(name, datatype, shape, data, params)
+
+
+def _from_raw(name: str, datatype: str, shape: tuple[int, ...], raw: bytes) -> np.ndarray:
+    if datatype == "BYTES" and element_count(shape) * 4 > len(raw):
+        # Every element has a 4-byte length prefix: refuse before allocating per element.
+        raise InvalidArgument(
+            f"input '{name}': {len(raw)} bytes of BYTES data cannot hold the "
+            f"{element_count(shape)} elements of shape {list(shape)}"
+        )
+    try:
+        return tensor_from_raw(datatype, shape, raw)
+    except InvalidArgument as exc:
+        raise InvalidArgument(f"input '{name}': {exc.message}") from None
+    except ValueError as exc:  # numpy refuses shapes it cannot represent
+        raise InvalidArgument(f"input '{name}': shape {list(shape)} is not valid: {exc}") from None
+
+
+def _from_typed(
+    name: str, datatype: str, shape: tuple[int, ...], contents: pb.InferTensorContents
+) -> np.ndarray:
+    typed = _TYPED.get(datatype)
+    if typed is None:
+        raise InvalidArgument(
+            f"input '{name}': {datatype} data must be sent in raw_input_contents (it has no typed contents field)"
+        )
+    field, wire_dtype = typed
+    for descriptor, _ in contents.ListFields():
+        if descriptor.name != field:
+            raise InvalidArgument(
+                f"input '{name}': datatype {datatype} takes '{field}', but the request sets '{descriptor.name}'"
+            )
+    values = getattr(contents, field)
+    count = element_count(shape)
+    if len(values) != count:
+        raise InvalidArgument(
+            f"unexpected number of elements for input '{name}': got {len(values)}, "
+            f"shape {list(shape)} needs {count}"
+        )
+    if datatype == "BYTES":
+        array = np.empty(count, dtype=object)
+        array[:] = list(values)
+    else:
+        array = np.array(values, dtype=wire_dtype)
+        if datatype in _NARROW and count:
+            info = np.iinfo(NUMPY_DTYPES[datatype])
+            if int(array.min()) < info.min or int(array.max()) > info.max:
+                raise InvalidArgument(
+                    f"input '{name}': value out of range for {datatype} (allowed {info.min}..{info.max})"
+                )
+        array = array.astype(NUMPY_DTYPES[datatype], copy=False)
+    try:
+        return array.reshape(shape)
+    except ValueError as exc:
+        raise InvalidArgument(f"input '{name}': shape {list(shape)} is not valid: {exc}") from None
+
+
+def _decode_output(msg: pb.ModelInferRequest.InferRequestedOutputTensor) -> RequestedOutput:
+    if not msg.name:
+        raise InvalidArgument("each requested output needs a name")
+    params = decode_parameters(msg.parameters, f"output '{msg.name}'")
+    if _SHARED_MEMORY in params:
+        raise Unsupported(f"output '{msg.name}': shared memory is not supported")
+    return RequestedOutput(msg.name, params)
+
+
+# ---- responses -------------------------------------------------------------------------------
+
+
+def encode_response(response: InferResponse) -> pb.ModelInferResponse:
+    """A ModelInferResponse with every output in ``raw_output_contents``."""
+    msg = pb.ModelInferResponse(
+        model_name=response.model_name, model_version=response.model_version, id=response.id
+    )
+    if response.parameters:
+        encode_parameters(response.parameters, msg.parameters)
+    for tensor in response.outputs:
+        out = msg.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
+        if tensor.parameters:
+            encode_parameters(tensor.parameters, out.parameters)
+        msg.raw_output_contents.append(tensor_to_raw(tensor.datatype, tensor.data))
+    return msg
+
+
+def encode_statistics(stats: Mapping[str, Any]) -> pb.ModelStatistics:
+    """One ``model_stats`` entry of the core (the HTTP JSON shape) as a ModelStatistics message."""
+    return json_format.ParseDict(stats, pb.ModelStatistics(), ignore_unknown_fields=True)

@@ -1,0 +1,195 @@
+"""The GRPCInferenceService servicer: decode, call the core, encode.
+
+Every unary handler runs on the core's event loop; a ServingError becomes the gRPC status
+from :data:`~nereid.server.grpc.errors.GRPC_STATUS`. When a client cancels a call, gRPC
+cancels its handler task, which cancels the request in the core.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, NoReturn, TypeVar
+
+import grpc
+
+from nereid.proto import grpc_service_pb2 as pb
+from nereid.proto import grpc_service_pb2_grpc
+from nereid.server.core import InferenceCore
+from nereid.server.errors import InvalidArgument, ServingError, Unsupported, as_serving_error
+from nereid.server.grpc import codec
+from nereid.server.grpc.errors import GRPC_STATUS
+from nereid.server.grpc.stream import StreamSession
+from nereid.server.model_config import config_from_dict
+
+log = logging.getLogger(__name__)
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+Context = grpc.aio.ServicerContext
+Handler = Callable[[Any, Req, Context], Awaitable[Resp]]
+
+# Metadata a client sends to get a real gRPC status (and the stream closed) on a stream error.
+GRPC_ERROR_HEADER = "triton_grpc_error"
+
+
+async def abort(context: Context, error: ServingError) -> NoReturn:
+    """End the call with ``error``'s gRPC status (``context.abort`` always raises)."""
+    await context.abort(GRPC_STATUS[error.code], error.message)
+    raise AssertionError("context.abort returned")
+
+
+def _unary(method: Handler[Req, Resp]) -> Handler[Req, Resp]:
+    """Turn ServingError (and any unexpected exception) into the call's gRPC status."""
+
+    @functools.wraps(method)
+    async def wrapper(self: Any, request: Req, context: Context) -> Resp:
+        try:
+            return await method(self, request, context)
+        except ServingError as exc:
+            await abort(context, exc)
+        except Exception as exc:
+            log.exception("%s failed", method.__name__)
+            await abort(context, as_serving_error(exc))
+
+    return wrapper
+
+
+def _unimplemented(feature: str) -> Handler[Any, Any]:
+    @_unary
+    async def handler(self: Any, request: Any, context: Context) -> Any:
+        raise Unsupported(f"{feature} is not supported by this server")
+
+    return handler
+
+
+class InferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
+    """KServe v2 / Triton ``inference.GRPCInferenceService`` over one :class:`InferenceCore`."""
+
+    def __init__(self, core: InferenceCore) -> None:
+        self.core = core
+
+    # ---- health and metadata ---------------------------------------------------------------
+
+    @_unary
+    async def ServerLive(self, request: pb.ServerLiveRequest, context: Context) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=self.core.live())
+
+    @_unary
+    async def ServerReady(self, request: pb.ServerReadyRequest, context: Context) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=self.core.ready())
+
+    @_unary
+    async def ModelReady(self, request: pb.ModelReadyRequest, context: Context) -> pb.ModelReadyResponse:
+        return pb.ModelReadyResponse(ready=self.core.model_ready(request.name, request.version))
+
+    @_unary
+    async def ServerMetadata(
+        self, request: pb.ServerMetadataRequest, context: Context
+    ) -> pb.ServerMetadataResponse:
+        return pb.ServerMetadataResponse(**self.core.server_metadata())
+
+    @_unary
+    async def ModelMetadata(
+        self, request: pb.ModelMetadataRequest, context: Context
+    ) -> pb.ModelMetadataResponse:
+        meta = self.core.model_metadata(request.name, request.version)
+        tensor = pb.ModelMetadataResponse.TensorMetadata
+        return pb.ModelMetadataResponse(
+            name=meta["name"],
+            versions=meta["versions"],
+            platform=meta["platform"],
+            inputs=[tensor(**t) for t in meta["inputs"]],
+            outputs=[tensor(**t) for t in meta["outputs"]],
+        )
+
+    @_unary
+    async def ModelConfig(self, request: pb.ModelConfigRequest, context: Context) -> pb.ModelConfigResponse:
+        return pb.ModelConfigResponse(config=self.core.model_config(request.name, request.version))
+
+    @_unary
+    async def ModelStatistics(
+        self, request: pb.ModelStatisticsRequest, context: Context
+    ) -> pb.ModelStatisticsResponse:
+        stats = self.core.statistics(request.name, request.version)
+        return pb.ModelStatisticsResponse(model_stats=[codec.encode_statistics(s) for s in stats])
+
+    # ---- inference ---------------------------------------------------------------------------
+
+    @_unary
+    async def ModelInfer(self, request: pb.ModelInferRequest, context: Context) -> pb.ModelInferResponse:
+        response = await self.core.infer(codec.decode_request(request))
+        return codec.encode_response(response)
+
+    async def ModelStreamInfer(
+        self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: Context
+    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        grpc_errors = any(
+            key == GRPC_ERROR_HEADER and str(value).lower() == "true"
+            for key, value in context.invocation_metadata() or ()
+        )
+        session = StreamSession(self.core)
+        session.start(request_iterator)
+        try:
+            while (item := await session.next()) is not None:
+                message, error = item
+                if error is not None and grpc_errors:
+                    await abort(context, error)
+                yield message
+        finally:
+            await session.close()
+
+    # ---- repository --------------------------------------------------------------------------
+
+    @_unary
+    async def RepositoryIndex(
+        self, request: pb.RepositoryIndexRequest, context: Context
+    ) -> pb.RepositoryIndexResponse:
+        rows = self.core.repository_index(request.ready)
+        index = pb.RepositoryIndexResponse.ModelIndex
+        return pb.RepositoryIndexResponse(models=[index(**row) for row in rows])
+
+    @_unary
+    async def RepositoryModelLoad(
+        self, request: pb.RepositoryModelLoadRequest, context: Context
+    ) -> pb.RepositoryModelLoadResponse:
+        override = None
+        for key, param in request.parameters.items():
+            if key.startswith("file:"):
+                raise InvalidArgument("loading model files through the API is not supported")
+            if key == "config":
+                if param.WhichOneof("parameter_choice") != "string_param":
+                    raise InvalidArgument("the 'config' parameter must be a JSON string")
+                override = config_from_dict(_json_object(param.string_param), "load 'config'")
+        await self.core.load_model(request.model_name, override)
+        return pb.RepositoryModelLoadResponse()
+
+    @_unary
+    async def RepositoryModelUnload(
+        self, request: pb.RepositoryModelUnloadRequest, context: Context
+    ) -> pb.RepositoryModelUnloadResponse:
+        await self.core.unload_model(request.model_name)
+        return pb.RepositoryModelUnloadResponse()
+
+    # ---- extensions Nereid does not offer -----------------------------------------------------
+
+    SystemSharedMemoryStatus = _unimplemented("system shared memory")
+    SystemSharedMemoryRegister = _unimplemented("system shared memory")
+    SystemSharedMemoryUnregister = _unimplemented("system shared memory")
+    CudaSharedMemoryStatus = _unimplemented("CUDA shared memory")
+    CudaSharedMemoryRegister = _unimplemented("CUDA shared memory")
+    CudaSharedMemoryUnregister = _unimplemented("CUDA shared memory")
+    TraceSetting = _unimplemented("trace settings (the trace extension)")
+    LogSettings = _unimplemented("log settings (the logging extension)")
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise InvalidArgument(f"the 'config' parameter is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise InvalidArgument("the 'config' parameter must be a JSON object")
+    return value
