@@ -50,9 +50,13 @@ class RepoBuilder:
     def __init__(self, root: Path) -> None:
         self.root = root
 
-    def config(self, name: str, text: str, filename: str = "config.pbtxt") -> Path:
+    def config(
+        self, name: str, text: str, filename: str = "config.pbtxt", versions: tuple[int, ...] = (1,)
+    ) -> Path:
+        """Write a config (and empty version folders) for ``name``."""
         folder = self.root / name
-        folder.mkdir(parents=True, exist_ok=True)
+        for version in versions:
+            (folder / str(version)).mkdir(parents=True, exist_ok=True)
         (folder / filename).write_text(text)
         return folder
 

@@ -6,17 +6,26 @@ server runs it (uvicorn with httptools by default; granian works as a drop-in).
 
 from __future__ import annotations
 
+import asyncio
 import zlib
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import unquote
 
 from nereid.server.core import InferenceCore
-from nereid.server.errors import InvalidArgument, NotFound, ResourceExhausted, ServingError, as_serving_error
+from nereid.server.errors import (
+    Cancelled,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    ServingError,
+    as_serving_error,
+)
 from nereid.server.http import codec
 from nereid.server.http.errors import HTTP_STATUS
 from nereid.server.model_config import config_from_dict, config_to_dict
 
+T = TypeVar("T")
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
@@ -75,6 +84,11 @@ class Request:
             raise InvalidArgument(f"unsupported Content-Encoding '{encoding}'")
         self._body = body
         return body
+
+    async def disconnected(self) -> None:
+        """Return once the client has gone away (call only after the body was read)."""
+        while (await self._receive())["type"] != "http.disconnect":
+            pass
 
     async def json(self) -> Any:
         body = await self.body()
@@ -196,7 +210,7 @@ class HttpFrontend:
         header = request.headers.get("inference-header-content-length")
         header_length = _header_int(header) if header is not None else None
         infer_request = codec.decode_request(body, header_length, name, version)
-        response = await self.core.infer(infer_request)
+        response = await cancel_on_disconnect(request, self.core.infer(infer_request))
         payload, json_length = codec.encode_response(infer_request, response)
         if json_length is None:
             await respond(send, 200, payload)
@@ -225,6 +239,20 @@ class HttpFrontend:
         else:
             await self.core.unload_model(name)
         await respond(send, 200, b"")
+
+
+async def cancel_on_disconnect(request: Request, work: Awaitable[T]) -> T:
+    """Await ``work``, cancelling it (and so dropping its queued request) if the client leaves."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(request.disconnected())
+    try:
+        await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if not task.done():
+        task.cancel()
+        raise Cancelled("the client disconnected")
+    return task.result()
 
 
 def _allow(method: str, allowed: str) -> None:
