@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from nereid.backends import registry
 from nereid.backends.base import InstanceContext, Model, ModelContext, ModelInstance
 from nereid.proto import model_config_pb2 as mc
+from nereid.server.errors import Unavailable
 from nereid.server.model_config import TensorSpec, input_specs, output_specs
 from nereid.server.scheduler import Scheduler
 from nereid.server.stats import ModelStats
@@ -55,11 +57,21 @@ class ModelVersion:
         self.model.finalize()
 
 
+def has_gpu() -> bool:
+    """Whether an NVIDIA device is present (cheap: no CUDA library is loaded to find out)."""
+    return os.path.exists("/dev/nvidia0") or os.path.exists("/dev/nvidiactl")
+
+
 def instance_contexts(config: mc.ModelConfig) -> list[InstanceContext]:
     """One context per instance: ``count`` per group, per listed GPU for GPU groups."""
     contexts: list[InstanceContext] = []
     for group in config.instance_group:
         kind = mc.ModelInstanceGroup.Kind.Name(group.kind)
+        if kind == "KIND_GPU" and not has_gpu():
+            raise Unavailable(
+                f"instance group '{group.name}' asks for KIND_GPU but this machine has no GPU; "
+                "use KIND_CPU or KIND_AUTO"
+            )
         devices = list(group.gpus) if kind == "KIND_GPU" and group.gpus else [0]
         for device in devices:
             for _ in range(group.count):

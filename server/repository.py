@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +23,7 @@ from nereid.server.model_config import (
     parse_config_file,
     validate,
 )
-from nereid.server.model_version import ModelVersion, load_version
+from nereid.server.model_version import ModelVersion, has_gpu, load_version
 
 log = logging.getLogger(__name__)
 
@@ -36,10 +35,6 @@ def check_model_name(name: str) -> None:
     """Reject names that could escape the repository or are not folder names."""
     if not name or ".." in name or not _MODEL_NAME.match(name) or len(name) > 255:
         raise InvalidArgument(f"invalid model name '{name}'")
-
-
-def has_gpu() -> bool:
-    return os.path.exists("/dev/nvidia0") or os.path.exists("/dev/nvidiactl")
 
 
 @dataclass

@@ -196,3 +196,14 @@ def test_disconnected_client_has_its_queued_request_dropped(repo, start_server, 
     assert ["doomed"] not in batches, batches
     stats = httpclient.InferenceServerClient(running.http_url).get_inference_statistics("sleepy")
     assert stats["model_stats"][0]["execution_count"] == 1
+
+
+def test_gpu_instances_without_a_gpu_fail_the_load_clearly(repo, start_server, sleep_config):
+    repo.config("sleepy", sleep_config(1, "").replace("KIND_CPU", "KIND_GPU"))
+    repo.config("fine", sleep_config(1, ""))
+    running = start_server(repo.root, exit_on_error=False)
+    index = {r["name"]: r for r in httpclient.InferenceServerClient(running.http_url).get_model_repository_index()}
+    if index["sleepy"]["state"] == "READY":
+        pytest.skip("this machine has a GPU")
+    assert "KIND_GPU" in index["sleepy"]["reason"] and "no GPU" in index["sleepy"]["reason"]
+    assert index["fine"]["state"] == "READY"
