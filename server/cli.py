@@ -15,6 +15,10 @@ def main(argv: list[str] | None = None) -> int:
         from nereid.server.serve import run
 
         return run(rest)
+    if command == "bench":
+        from nereid.clients.bench import main as bench
+
+        return bench(rest)
     print(f"nereid: unknown command '{command}'", file=sys.stderr)
     return 2
 

@@ -16,7 +16,6 @@ from typing import Any
 from nereid.proto import model_config_pb2 as mc
 from nereid.server.errors import (
     Cancelled,
-    InvalidArgument,
     ServingError,
     Unavailable,
     Unsupported,
@@ -54,11 +53,14 @@ class InferenceCore:
         self.options = options or CoreOptions()
         self.repository = ModelRepository(roots, core=self, load_threads=load_threads)
         self._state = "INITIALIZING"
+        # The loop the core runs on, for backends that call it from their threads (BLS).
+        self.loop: asyncio.AbstractEventLoop | None = None
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
     async def start(self, models: list[str] | None = None) -> None:
         """Load the repository (every model, or ``models`` in explicit mode)."""
+        self.loop = asyncio.get_running_loop()
         await self.repository.load_all(models)
         self._state = "READY"
 
@@ -157,7 +159,7 @@ class InferenceCore:
         """One request, one response (not for decoupled models)."""
         model = self.repository.resolve(request.model_name, request.model_version)
         if model.decoupled:
-            raise InvalidArgument(
+            raise Unsupported(
                 f"model '{model.name}' is decoupled; use the streaming API (ModelStreamInfer or generate_stream)"
             )
         response: InferResponse | None = None

@@ -47,6 +47,8 @@ _INT64_MAX = 2**63 - 1
 def decode_parameters(params: Mapping[str, pb.InferParameter], where: str) -> Parameters:
     """Plain Python values from ``InferParameter`` oneofs (bool, int, float or str)."""
     out: Parameters = {}
+    if not params:
+        return out
     for key, param in params.items():
         choice = param.WhichOneof("parameter_choice")
         if choice is None:
@@ -59,8 +61,8 @@ def encode_parameters(values: Mapping[str, Any], target: Any) -> None:
     """Write plain values into a ``map<string, InferParameter>`` field."""
     for key, value in values.items():
         param = target[key]
-        if isinstance(value, bool):
-            param.bool_param = value
+        if isinstance(value, bool | np.bool_):
+            param.bool_param = bool(value)
         elif isinstance(value, int | np.integer):
             if value > _INT64_MAX:
                 param.uint64_param = int(value)

@@ -14,39 +14,33 @@ from nereid.server.core import InferenceCore
 SERVICES = frozenset({"", "inference.GRPCInferenceService"})
 WATCH_INTERVAL_S = 1.0
 
-Status = health_pb2.HealthCheckResponse.ServingStatus
+_Response = health_pb2.HealthCheckResponse
 
 
 class HealthServicer(health_pb2_grpc.HealthServicer):
     def __init__(self, core: InferenceCore) -> None:
         self.core = core
 
-    def _status(self) -> Status:
-        return (
-            health_pb2.HealthCheckResponse.SERVING
-            if self.core.ready()
-            else health_pb2.HealthCheckResponse.NOT_SERVING
-        )
+    def _status(self, service: str) -> int:
+        if service not in SERVICES:
+            return _Response.SERVICE_UNKNOWN
+        return _Response.SERVING if self.core.ready() else _Response.NOT_SERVING
 
     async def Check(
         self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext
     ) -> health_pb2.HealthCheckResponse:
         if request.service not in SERVICES:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown service '{request.service}'")
-        return health_pb2.HealthCheckResponse(status=self._status())
+        return _Response(status=self._status(request.service))
 
     async def Watch(
         self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[health_pb2.HealthCheckResponse]:
-        """The current status, then each change (polled; readiness has no change events)."""
+        """The current status, then each change (polled: readiness has no change events)."""
         last = None
         while True:
-            status = (
-                self._status()
-                if request.service in SERVICES
-                else health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
-            )
+            status = self._status(request.service)
             if status != last:
                 last = status
-                yield health_pb2.HealthCheckResponse(status=status)
+                yield _Response(status=status)
             await asyncio.sleep(WATCH_INTERVAL_S)

@@ -11,7 +11,7 @@ import functools
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, NoReturn, TypeVar
+from typing import Any, NoReturn, TypeAlias, TypeVar
 
 import grpc
 
@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
-Context = grpc.aio.ServicerContext
+Context: TypeAlias = grpc.aio.ServicerContext
 Handler = Callable[[Any, Req, Context], Awaitable[Resp]]
 
 # Metadata a client sends to get a real gRPC status (and the stream closed) on a stream error.
@@ -89,20 +89,22 @@ class InferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
     async def ServerMetadata(
         self, request: pb.ServerMetadataRequest, context: Context
     ) -> pb.ServerMetadataResponse:
-        return pb.ServerMetadataResponse(**self.core.server_metadata())
+        meta = self.core.server_metadata()
+        return pb.ServerMetadataResponse(
+            name=meta["name"], version=meta["version"], extensions=meta["extensions"]
+        )
 
     @_unary
     async def ModelMetadata(
         self, request: pb.ModelMetadataRequest, context: Context
     ) -> pb.ModelMetadataResponse:
         meta = self.core.model_metadata(request.name, request.version)
-        tensor = pb.ModelMetadataResponse.TensorMetadata
         return pb.ModelMetadataResponse(
             name=meta["name"],
             versions=meta["versions"],
             platform=meta["platform"],
-            inputs=[tensor(**t) for t in meta["inputs"]],
-            outputs=[tensor(**t) for t in meta["outputs"]],
+            inputs=[_tensor_metadata(t) for t in meta["inputs"]],
+            outputs=[_tensor_metadata(t) for t in meta["outputs"]],
         )
 
     @_unary
@@ -149,7 +151,12 @@ class InferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
     ) -> pb.RepositoryIndexResponse:
         rows = self.core.repository_index(request.ready)
         index = pb.RepositoryIndexResponse.ModelIndex
-        return pb.RepositoryIndexResponse(models=[index(**row) for row in rows])
+        return pb.RepositoryIndexResponse(
+            models=[
+                index(name=r["name"], version=r["version"], state=r["state"], reason=r["reason"])
+                for r in rows
+            ]
+        )
 
     @_unary
     async def RepositoryModelLoad(
@@ -183,6 +190,12 @@ class InferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
     CudaSharedMemoryUnregister = _unimplemented("CUDA shared memory")
     TraceSetting = _unimplemented("trace settings (the trace extension)")
     LogSettings = _unimplemented("log settings (the logging extension)")
+
+
+def _tensor_metadata(tensor: dict[str, Any]) -> pb.ModelMetadataResponse.TensorMetadata:
+    return pb.ModelMetadataResponse.TensorMetadata(
+        name=tensor["name"], datatype=tensor["datatype"], shape=tensor["shape"]
+    )
 
 
 def _json_object(text: str) -> dict[str, Any]:
