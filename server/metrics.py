@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 if TYPE_CHECKING:
@@ -122,6 +122,8 @@ class MetricsApp:
         if scope["path"] != "/metrics":
             status, body, ctype = 404, b'{"error":"Not Found"}', b"application/json"
         else:
-            status, body, ctype = 200, generate_latest(self.registry), CONTENT_TYPE
+            # The core's families, then whatever backends registered in prometheus-client's default
+            # registry (the LLM engine's histograms and gauges, process metrics).
+            status, body, ctype = 200, generate_latest(self.registry) + generate_latest(REGISTRY), CONTENT_TYPE
         await send({"type": "http.response.start", "status": status, "headers": [(b"content-type", ctype)]})  # type: ignore[operator]
         await send({"type": "http.response.body", "body": body})  # type: ignore[operator]
