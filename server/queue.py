@@ -9,7 +9,6 @@ Requests batch only when their non-batch shapes agree.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -183,8 +182,11 @@ class RequestQueue:
             if dead:
                 return [], dead
             self._wakeup.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), (delay_ns - waited) / 1e9)
+            timer = asyncio.get_running_loop().call_later((delay_ns - waited) / 1e9, self._wakeup.set)
+            try:
+                await self._wakeup.wait()
+            finally:
+                timer.cancel()
 
     def close(self) -> None:
         self.closed = True

@@ -109,7 +109,9 @@ def _decompress(body: bytes, encoding: str, limit: int) -> bytes:
 async def respond(
     send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None
 ) -> None:
-    await send({"type": "http.response.start", "status": status, "headers": headers or JSON})
+    # An explicit Content-Length spares the server chunked framing.
+    head = [*(headers or JSON), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": head})
     await send({"type": "http.response.body", "body": body})
 
 
@@ -270,7 +272,7 @@ def _header_int(value: str) -> int:
 
 async def _health(send: Send, ok: bool, message: str) -> None:
     if ok:
-        await respond(send, 200, b"", [(b"content-length", b"0")])
+        await respond(send, 200, b"", [])
     else:
         await respond(send, 503, codec.dumps({"error": message}))
 
