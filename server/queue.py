@@ -53,6 +53,7 @@ class RequestQueue:
     """Priority queue of one model version, shared by all of its instances."""
 
     def __init__(self, batching: mc.ModelDynamicBatching | None, stats: ModelStats) -> None:
+        self.has_levels = bool(batching and batching.priority_levels)
         self.levels = max(1, batching.priority_levels) if batching else 1
         self.default_level = (batching.default_priority_level or 1) if batching else 1
         default = LevelPolicy.from_proto(batching.default_queue_policy) if batching else LevelPolicy()
@@ -70,7 +71,9 @@ class RequestQueue:
         return sum(len(q) for q in self._queues)
 
     def level_of(self, request: InferRequest) -> int:
-        if request.priority == 0:
+        # Without configured levels the priority is not the queue's business: it stays on the
+        # request for backends that schedule by it (the LLM engine), as Triton ignores it.
+        if request.priority == 0 or not self.has_levels:
             return self.default_level
         if not 1 <= request.priority <= self.levels:
             raise InvalidArgument(

@@ -15,6 +15,7 @@ import uvicorn
 from nereid.server.core import CoreOptions, InferenceCore
 from nereid.server.http.app import HttpFrontend
 from nereid.server.metrics import MetricsApp, build_registry
+from nereid.server.openai.app import OpenAIFrontend
 from nereid.server.settings import Settings, parse_settings
 
 log = logging.getLogger("nereid")
@@ -46,6 +47,7 @@ class NereidServer:
         options = CoreOptions(settings.strict_readiness, settings.model_control_mode)
         self.core = InferenceCore(settings.model_repository, options, settings.model_load_thread_count)
         self.http = HttpFrontend(self.core, settings.http_max_input_size)
+        self.http.mounts["v1"] = OpenAIFrontend(self.core)
         self.ports: dict[str, int] = {}
         self._servers: list[_Uvicorn] = []
         self._tasks: list[asyncio.Task[None]] = []

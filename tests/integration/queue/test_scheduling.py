@@ -207,3 +207,10 @@ def test_gpu_instances_without_a_gpu_fail_the_load_clearly(repo, start_server, s
         pytest.skip("this machine has a GPU")
     assert "KIND_GPU" in index["sleepy"]["reason"] and "no GPU" in index["sleepy"]["reason"]
     assert index["fine"]["state"] == "READY"
+
+
+def test_priority_is_carried_through_when_the_model_has_no_levels(repo, start_server, sleep_config):
+    repo.config("sleepy", sleep_config(1, ""))
+    running = start_server(repo.root)
+    result = httpclient.InferenceServerClient(running.http_url).infer("sleepy", one(2.0), priority=7)
+    assert np.all(result.as_numpy("OUTPUT0") == 2.0)

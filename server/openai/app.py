@@ -1,0 +1,164 @@
+"""The OpenAI-compatible API (``/v1/models``, ``/v1/completions``, ``/v1/chat/completions``).
+
+Mounted on the HTTP front-end as the ``v1`` prefix. A pure translation: requests become one
+InferRequest for an LLM model (see :mod:`nereid.server.openai.bridge`), streamed through the core;
+non-streaming calls aggregate the same stream. Every failure leaves in OpenAI's error shape.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any, TypeVar
+
+from nereid.server.core import InferenceCore
+from nereid.server.errors import Cancelled, NotFound
+from nereid.server.http import codec
+from nereid.server.http.app import Request, Send, respond
+from nereid.server.model_version import ModelVersion
+from nereid.server.openai.bridge import is_llm, read_delta, to_infer_request
+from nereid.server.openai.errors import OpenAIError, as_openai_error, model_not_found
+from nereid.server.openai.protocol import Generation, parse_chat, parse_completion
+from nereid.server.openai.responses import Reply
+from nereid.server.types import InferResponse
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
+DONE = b"data: [DONE]\n\n"
+
+
+class OpenAIFrontend:
+    """The ``v1`` mount: ``await frontend(request, send, parts)`` handles one request."""
+
+    def __init__(self, core: InferenceCore) -> None:
+        self.core = core
+        self.created = int(time.time())
+
+    async def __call__(self, request: Request, send: Send, parts: list[str]) -> None:
+        try:
+            await self.route(request, send, parts[1:])
+        except Exception as exc:  # every failure answers in OpenAI's shape
+            error = as_openai_error(exc)
+            if error.status >= 500:
+                log.warning("OpenAI request %s failed: %s", "/".join(parts), error.message)
+            await respond(send, error.status, error.body())
+
+    async def route(self, request: Request, send: Send, rest: list[str]) -> None:
+        match rest:
+            case ["models"]:
+                _allow(request, "GET")
+                models = sorted({m.name for m in self.core.loaded_models() if is_llm(m)})
+                body = {"object": "list", "data": [self._model_card(name) for name in models]}
+                await respond(send, 200, codec.dumps(body))
+            case ["models", *name] if name:
+                _allow(request, "GET")
+                model = self._model("/".join(name))
+                await respond(send, 200, codec.dumps(self._model_card(model.name)))
+            case ["completions"]:
+                _allow(request, "POST")
+                await self.generate(request, send, parse_completion(await request.json()))
+            case ["chat", "completions"]:
+                _allow(request, "POST")
+                await self.generate(request, send, parse_chat(await request.json()))
+            case _:
+                raise OpenAIError(404, f"no route for /v1/{'/'.join(rest)}")
+
+    def _model_card(self, name: str) -> dict[str, Any]:
+        return {"id": name, "object": "model", "created": self.created, "owned_by": "nereid"}
+
+    def _model(self, name: str) -> ModelVersion:
+        try:
+            model = self.core.repository.resolve(name, "")
+        except NotFound:
+            raise model_not_found(name) from None
+        if not is_llm(model):
+            raise model_not_found(name)
+        return model
+
+    async def generate(self, request: Request, send: Send, gen: Generation) -> None:
+        model = self._model(gen.model)
+        reply = Reply(gen, gen.model)
+        events = self.core.stream(to_infer_request(gen, model, reply.id))
+        try:
+            if gen.stream:
+                await until_disconnect(request, self._relay(send, events, reply))
+            else:
+                body = await until_disconnect(request, _collect(events, reply))
+                await respond(send, 200, codec.dumps(body))
+        finally:
+            await events.aclose()  # a no-op unless the stream was left early: then it cancels the request
+
+    async def _relay(self, send: Send, events: AsyncIterator[InferResponse], reply: Reply) -> None:
+        """Server-sent events; headers go out only after the first response, so early errors are 4xx."""
+        response = await anext(events, None)
+        if response is not None and response.error is not None:
+            await _fail(events, response)
+        await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
+        try:
+            for chunk in reply.opening_chunks():
+                await _event(send, chunk)
+            while response is not None:
+                if response.error is not None:
+                    await _fail(events, response)
+                chunk = reply.add(read_delta(response))
+                if chunk is not None:
+                    await _event(send, chunk)
+                response = await anext(events, None)
+            for chunk in reply.closing_chunks():
+                await _event(send, chunk)
+        except Exception as exc:  # after the headers, an error can only travel as an event
+            log.debug("OpenAI stream %s failed after its first chunk: %r", reply.id, exc)
+            with contextlib.suppress(Exception):  # a failed send: the client is gone, nobody to tell
+                await _event(send, as_openai_error(exc).payload())
+        with contextlib.suppress(Exception):
+            await send({"type": "http.response.body", "body": DONE, "more_body": False})
+
+
+async def _collect(events: AsyncIterator[InferResponse], reply: Reply) -> dict[str, Any]:
+    async for response in events:
+        if response.error is not None:
+            await _fail(events, response)
+        reply.add(read_delta(response))
+    return reply.body()
+
+
+async def _fail(events: AsyncIterator[InferResponse], response: InferResponse) -> None:
+    """Raise the response's error; after a final one, first let the stream end (not count as cancelled)."""
+    if response.final:
+        await anext(events, None)
+    assert response.error is not None
+    raise response.error
+
+
+async def _event(send: Send, payload: dict[str, Any]) -> None:
+    body = b"data: " + codec.dumps(payload) + b"\n\n"
+    await send({"type": "http.response.body", "body": body, "more_body": True})
+
+
+async def until_disconnect(request: Request, work: Coroutine[Any, Any, T]) -> T:
+    """Run ``work``; if the client leaves first, cancel it and wait until it has unwound.
+
+    Cancelling interrupts ``core.stream`` where it waits (which cancels the request); the caller
+    closes the stream afterwards in case ``work`` was stopped while sending instead.
+    """
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(request.disconnected())
+    try:
+        await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        if not task.done():
+            task.cancel()
+            await asyncio.wait((task,))
+    if task.cancelled():
+        raise Cancelled("the client disconnected")
+    return task.result()
+
+
+def _allow(request: Request, method: str) -> None:
+    if request.method != method:
+        raise OpenAIError(405, f"method {request.method} is not allowed here; use {method}")

@@ -1,0 +1,170 @@
+"""The main OpenAI flows against the real ``llm`` backend and a tiny random Llama (skipped without it)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import openai
+import pytest
+
+pytest.importorskip("nereid.backends.llm.backend")
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+CORPUS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Paris is the capital of France.",
+    "Hello world, hello tokens! Stop here.",
+    "def f(x): return x + 1",
+] * 3
+MAX_MODEL_LEN = 128
+GREEDY = {"temperature": 0, "extra_body": {"ignore_eos": True}}
+
+
+def build_tiny_llama(path: Path) -> None:
+    """A byte-level BPE tokenizer trained on CORPUS and a randomly initialised two-layer Llama."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator(CORPUS, trainer)
+    tok.save(str(path / "tokenizer.json"))
+    config = {"eos_token": "<|endoftext|>", "bos_token": None, "chat_template": CHAT_TEMPLATE}
+    (path / "tokenizer_config.json").write_text(json.dumps(config))
+    torch.manual_seed(0)
+    llama = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=tok.get_vocab_size(),
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=256,
+            initializer_range=0.3,
+        )
+    )
+    llama.eval().save_pretrained(path, safe_serialization=True)
+
+
+@pytest.fixture(scope="module")
+def llm_client(module_repo, start_module_server, tmp_path_factory):
+    weights = tmp_path_factory.mktemp("tiny-llama")
+    build_tiny_llama(weights)
+    module_repo.config(
+        "tiny",
+        f"""
+backend: "llm"
+max_batch_size: 0
+model_transaction_policy {{ decoupled: true }}
+instance_group [ {{ kind: KIND_CPU count: 1 }} ]
+parameters {{ key: "model" value: {{ string_value: "{weights}" }} }}
+parameters {{ key: "max_model_len" value: {{ string_value: "{MAX_MODEL_LEN}" }} }}
+parameters {{ key: "block_size" value: {{ string_value: "16" }} }}
+""",
+    )
+    server = start_module_server(module_repo.root)
+    return openai.OpenAI(base_url=f"http://{server.http_url}/v1", api_key="none", max_retries=0, timeout=60)
+
+
+def test_models(llm_client):
+    assert [m.id for m in llm_client.models.list().data] == ["tiny"]
+
+
+def test_completion_stream_matches_non_stream(llm_client):
+    c = llm_client.completions.create(model="tiny", prompt="The quick brown fox", max_tokens=8, **GREEDY)
+    assert c.choices[0].finish_reason == "length"
+    assert c.usage.completion_tokens == 8 and c.usage.prompt_tokens > 0
+    assert c.usage.total_tokens == c.usage.prompt_tokens + 8
+    chunks = list(
+        llm_client.completions.create(
+            model="tiny", prompt="The quick brown fox", max_tokens=8, stream=True, **GREEDY
+        )
+    )
+    assert "".join(ch.choices[0].text for ch in chunks) == c.choices[0].text
+    assert chunks[-1].choices[0].finish_reason == "length"
+
+
+def test_token_id_prompt(llm_client):
+    c = llm_client.completions.create(model="tiny", prompt=[5, 6, 7], max_tokens=3, **GREEDY)
+    assert c.usage.prompt_tokens == 3 and c.usage.completion_tokens == 3
+
+
+def test_stop_string(llm_client):
+    full = llm_client.completions.create(model="tiny", prompt="Paris is", max_tokens=12, **GREEDY)
+    text = full.choices[0].text
+    stop = text[len(text) // 2 :][:2]
+    if not stop.strip():
+        pytest.skip("the random model produced no usable stop string")
+    c = llm_client.completions.create(model="tiny", prompt="Paris is", max_tokens=12, stop=stop, **GREEDY)
+    assert c.choices[0].finish_reason == "stop"
+    assert c.choices[0].text == text[: text.find(stop)]
+
+
+def test_chat_and_stream(llm_client):
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello world"}]
+    r = llm_client.chat.completions.create(model="tiny", messages=messages, max_completion_tokens=6, **GREEDY)
+    assert r.choices[0].message.role == "assistant"
+    assert (r.choices[0].finish_reason, r.usage.completion_tokens) == ("length", 6)
+    stream = llm_client.chat.completions.create(
+        model="tiny",
+        messages=messages,
+        max_completion_tokens=6,
+        stream=True,
+        stream_options={"include_usage": True},
+        **GREEDY,
+    )
+    chunks = list(stream)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+    assert text == r.choices[0].message.content
+    assert chunks[-1].usage.total_tokens == r.usage.total_tokens
+
+
+def test_logprobs(llm_client):
+    c = llm_client.completions.create(model="tiny", prompt="Hello", max_tokens=4, logprobs=2, **GREEDY)
+    lp = c.choices[0].logprobs
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == 4
+    assert all(x <= 0 for x in lp.token_logprobs)
+    assert all(1 <= len(top) <= 3 for top in lp.top_logprobs)
+    messages = [{"role": "user", "content": "Hello"}]
+    r = llm_client.chat.completions.create(
+        model="tiny", messages=messages, max_completion_tokens=3, logprobs=True, top_logprobs=2, **GREEDY
+    )
+    content = r.choices[0].logprobs.content
+    assert len(content) == 3 and all(len(e.top_logprobs) == 2 for e in content)
+
+
+def test_errors(llm_client):
+    with pytest.raises(openai.BadRequestError):
+        llm_client.completions.create(model="tiny", prompt="fox " * (2 * MAX_MODEL_LEN), max_tokens=4)
+    with pytest.raises(openai.BadRequestError):
+        llm_client.completions.create(model="tiny", prompt="a", n=2)
+
+
+def test_disconnect_then_keep_serving(llm_client):
+    stream = llm_client.completions.create(
+        model="tiny", prompt="Hello", max_tokens=100, stream=True, **GREEDY
+    )
+    next(iter(stream))
+    stream.close()
+    c = llm_client.completions.create(model="tiny", prompt="Hello", max_tokens=2, **GREEDY)
+    assert c.usage.completion_tokens == 2
+
+
+def test_chat_default_runs_to_the_context_limit(llm_client):
+    messages = [{"role": "user", "content": "Hello"}]
+    r = llm_client.chat.completions.create(model="tiny", messages=messages, **GREEDY)
+    assert r.choices[0].finish_reason == "length"
+    assert r.usage.total_tokens == MAX_MODEL_LEN
