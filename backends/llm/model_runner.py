@@ -1,0 +1,83 @@
+"""`ModelRunner`: turns a scheduled batch into tensors + AttentionMetadata, runs the model, samples."""
+
+from __future__ import annotations
+
+import torch
+
+from nereid.backends.llm.attention import AttentionMetadata
+from nereid.backends.llm.config import EngineConfig, ModelConfig
+from nereid.backends.llm.kv_cache import allocate_kv_cache
+from nereid.backends.llm.models.llama import LlamaForCausalLM
+from nereid.backends.llm.sampler import Sampler
+from nereid.backends.llm.sequence import SampleLogprobs, Sequence
+
+Sample = tuple[int, SampleLogprobs | None]
+
+
+class ModelRunner:
+    """Owns the model, the KV cache tensor and the sampler; `execute` is called once per engine step."""
+
+    def __init__(
+        self, model: LlamaForCausalLM, model_config: ModelConfig, config: EngineConfig, num_blocks: int
+    ) -> None:
+        self.model = model
+        self.model_config = model_config
+        self.device = torch.device(config.device)
+        self.block_size = config.block_size
+        self.kv_cache = allocate_kv_cache(
+            model_config, num_blocks, config.block_size, config.torch_dtype(), self.device
+        )
+        self.sampler = Sampler(self.device, config.seed)
+
+    def prepare(
+        self, batch: list[tuple[Sequence, int]]
+    ) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata]:
+        """Flatten `batch` (single-token sequences must come first) into input ids, positions and metadata."""
+        bs = self.block_size
+        ids: list[int] = []
+        positions: list[int] = []
+        slots: list[int] = []
+        starts, ctx_lens = [0], []
+        for seq, n in batch:
+            start = seq.num_computed_tokens
+            ids += seq.token_ids[start : start + n]
+            positions += range(start, start + n)
+            slots += [seq.block_table[p // bs] * bs + p % bs for p in range(start, start + n)]
+            starts.append(starts[-1] + n)
+            ctx_lens.append(start + n)
+        width = max(len(seq.block_table) for seq, _ in batch)
+        tables = [seq.block_table + [0] * (width - len(seq.block_table)) for seq, _ in batch]
+        num_decodes = next((i for i, (_, n) in enumerate(batch) if n != 1), len(batch))
+        dev, long = self.device, torch.long
+        meta = AttentionMetadata(
+            slot_mapping=torch.tensor(slots, dtype=long, device=dev),
+            block_tables=torch.tensor(tables, dtype=long, device=dev),
+            context_lens=torch.tensor(ctx_lens, dtype=long, device=dev),
+            query_start_loc=starts,
+            context_lens_cpu=ctx_lens,
+            num_decodes=num_decodes,
+            block_size=bs,
+        )
+        return (
+            torch.tensor(ids, dtype=long, device=dev),
+            torch.tensor(positions, dtype=long, device=dev),
+            meta,
+        )
+
+    @torch.inference_mode()
+    def execute(self, scheduled: list[tuple[Sequence, int]]) -> dict[int, Sample]:
+        """Compute the scheduled tokens' K/V; sample for every sequence whose tokens are now all computed.
+
+        Returns `{seq_id: (token_id, logprobs)}`; sequences in the middle of a chunked prefill get nothing.
+        """
+        batch = sorted(scheduled, key=lambda item: item[1] != 1)
+        input_ids, positions, meta = self.prepare(batch)
+        hidden = self.model(input_ids, positions, self.kv_cache, meta)
+        done = [i for i, (seq, n) in enumerate(batch) if seq.num_computed_tokens + n == seq.num_tokens]
+        if not done:
+            return {}
+        rows = torch.tensor([meta.query_start_loc[i + 1] - 1 for i in done], device=self.device)
+        logits = self.model.compute_logits(hidden[rows])
+        seqs = [batch[i][0] for i in done]
+        samples = self.sampler(logits, seqs, self.model_config.eos_token_ids)
+        return {seq.seq_id: sample for seq, sample in zip(seqs, samples, strict=True)}

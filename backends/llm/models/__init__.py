@@ -1,0 +1,1 @@
+"""Model architectures; each takes flattened token batches plus AttentionMetadata."""
