@@ -29,10 +29,14 @@ test: $(STAMP)
 	$(BIN)/pip install -q --no-deps --config-settings editable_mode=strict -e .
 	$(BIN)/pytest -q
 
+# mypy reads the packages through a link tree shaped like the installed `nereid` namespace.
+TYPECHECK := build/typecheck
 check: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check server backends clients ensembles tests bench
-	$(BIN)/mypy -p nereid.server -p nereid.backends -p nereid.clients -p nereid.ensembles
+	$(BIN)/ruff format --check .
+	rm -rf $(TYPECHECK) && mkdir -p $(TYPECHECK)/nereid
+	for d in server backends proto ensembles clients; do ln -s ../../../$$d $(TYPECHECK)/nereid/$$d; done
+	cd $(TYPECHECK) && ../../$(BIN)/mypy --config-file ../../pyproject.toml -p nereid.server -p nereid.backends -p nereid.clients
 
 proto: $(STAMP)
 	$(BIN)/python proto/generate.py

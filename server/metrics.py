@@ -106,7 +106,7 @@ class CoreCollector:
 
 def build_registry(core: InferenceCore) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(CoreCollector(core))  # type: ignore[arg-type]
+    registry.register(CoreCollector(core))
     return registry
 
 

@@ -9,6 +9,7 @@ import signal
 import socket
 import sys
 from collections.abc import Iterator
+from typing import Any
 
 import uvicorn
 
@@ -78,7 +79,7 @@ class NereidServer:
                 MetricsApp(build_registry(self.core)), s.metrics_port
             )
 
-    async def _serve_asgi(self, app: object, port: int) -> int:
+    async def _serve_asgi(self, app: Any, port: int) -> int:
         sock = _bind(self.settings.http_address, port)
         config = uvicorn.Config(
             app,

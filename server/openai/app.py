@@ -99,8 +99,8 @@ class OpenAIFrontend:
             await _fail(events, response)
         await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
         try:
-            for chunk in reply.opening_chunks():
-                await _event(send, chunk)
+            for opening in reply.opening_chunks():
+                await _event(send, opening)
             while response is not None:
                 if response.error is not None:
                     await _fail(events, response)
@@ -108,8 +108,8 @@ class OpenAIFrontend:
                 if chunk is not None:
                     await _event(send, chunk)
                 response = await anext(events, None)
-            for chunk in reply.closing_chunks():
-                await _event(send, chunk)
+            for closing in reply.closing_chunks():
+                await _event(send, closing)
         except Exception as exc:  # after the headers, an error can only travel as an event
             log.debug("OpenAI stream %s failed after its first chunk: %r", reply.id, exc)
             with contextlib.suppress(Exception):  # a failed send: the client is gone, nobody to tell
