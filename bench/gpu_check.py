@@ -389,6 +389,14 @@ def build_repository(repo: Path, report: Report, deadline: Deadline) -> dict[str
     with report.step("onnx_trt_ep: ONNX with the TensorRT accelerator"):
         if not cuda or "TensorrtExecutionProvider" not in providers:
             raise Skip(f"needs CUDA and onnxruntime-gpu with TensorRT (providers: {providers})")
+        import onnxruntime as ort
+
+        # onnxruntime falls back to CUDA silently when TensorRT's libraries do not load: check first.
+        probe = ort.InferenceSession(onnx, providers=["TensorrtExecutionProvider", "CUDAExecutionProvider"])
+        if probe.get_providers()[0] != "TensorrtExecutionProvider":
+            raise Skip(
+                f"the TensorRT provider did not initialise (session providers {probe.get_providers()})"
+            )
         accel = (
             'optimization { execution_accelerators { gpu_execution_accelerator [ { name: "tensorrt" } ] } }'
         )

@@ -141,12 +141,21 @@ download_wheels() {  # run where pip reaches the index; the GPU machine may have
   du -sh "$WHEELS"
 }
 
+with_tensorrt_libs() {  # onnxruntime's TensorRT provider dlopens libnvinfer: point it at the pip wheel's copy
+  local libs
+  libs="$("$PY" -c 'import os, tensorrt_libs; print(os.path.dirname(tensorrt_libs.__file__))' 2>/dev/null || true)"
+  if [[ -n "$libs" ]]; then
+    export LD_LIBRARY_PATH="$libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  fi
+}
+
 run_check() {  # leaves the Python side 30 s inside the phase limit to stop the server and write its report
+  with_tensorrt_libs
   "$PY" bench/gpu_check.py run --out "$OUT_DIR" --budget "$(( ${PHASE_LIMIT:-300} - 30 ))"
 }
 
 run_pytest() {
-  set -o pipefail
+  with_tensorrt_libs
   "$PY" -m pytest tests/gpu -q -rs -p no:cacheprovider 2>&1 | tee "$OUT_DIR/gpu_check_pytest.log"
 }
 
@@ -169,6 +178,6 @@ phase "pytest tests/gpu" 180 run_pytest
   echo
   echo "=== Summary ($(( $(date +%s) - START ))s of ${BUDGET}s) ==="
   printf '%s\n' "${SUMMARY[@]}"
-  [[ -f "$OUT_DIR/gpu_check_report.txt" ]] && echo "report: $OUT_DIR/gpu_check_report.txt"
+  if [[ -f "$OUT_DIR/gpu_check_report.txt" ]]; then echo "report: $OUT_DIR/gpu_check_report.txt"; fi
 } | tee "$OUT_DIR/gpu_check_summary.txt"
 exit "$FAILED"

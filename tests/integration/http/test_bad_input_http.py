@@ -114,7 +114,7 @@ CASES = {
     ),
     "negative timeout": ({**add_sub_json(), "parameters": {"timeout": -5}}, 400, "'timeout' must be in"),
     "huge timeout": ({**add_sub_json(), "parameters": {"timeout": 2**62}}, 400, "'timeout' must be in"),
-    "priority outside levels": ({**add_sub_json(), "parameters": {"priority": 3}}, 400, "priority levels"),
+    "negative priority": ({**add_sub_json(), "parameters": {"priority": -1}}, 400, "'priority' must be in"),
     "id not string": ({**add_sub_json(), "id": 5}, 400, "'id' must be a string"),
 }
 
