@@ -1,0 +1,184 @@
+"""Nereid requests/responses <-> ``pb_utils`` objects, checked against the model config.
+
+Output datatypes come from the numpy arrays the model returns (BYTES for object/bytes/str
+arrays, BF16 for uint16 where the config says BF16); a datatype or shape that disagrees with
+the config fails that response with a message naming the model and the output.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+from google.protobuf import json_format
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
+
+from nereid.backends.python import pb_utils
+from nereid.backends.python.runner import bytes_array
+from nereid.proto import model_config_pb2 as mc
+from nereid.server.datatypes import numpy_to_api
+from nereid.server.errors import ErrorCode, InternalError, ServingError
+from nereid.server.model_config import TensorSpec, output_specs
+from nereid.server.types import InferRequest, InferResponse, RequestedOutput, Tensor
+
+_INT64 = {
+    FieldDescriptor.TYPE_INT64,
+    FieldDescriptor.TYPE_UINT64,
+    FieldDescriptor.TYPE_SINT64,
+    FieldDescriptor.TYPE_FIXED64,
+    FieldDescriptor.TYPE_SFIXED64,
+}
+
+
+def model_config_dict(config: mc.ModelConfig) -> dict[str, Any]:
+    """Triton's JSON form of a config: every field present, enum names, 64-bit integers as numbers."""
+    data = json_format.MessageToDict(
+        config, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+    _numbers(config.DESCRIPTOR, data)
+    return data
+
+
+def _numbers(descriptor: Descriptor, data: dict[str, Any]) -> None:
+    for key, value in data.items():
+        field = descriptor.fields_by_name.get(key)
+        if field is None:
+            continue
+        if field.message_type is None:
+            if field.type in _INT64:
+                data[key] = [int(v) for v in value] if isinstance(value, list) else int(value)
+        elif field.message_type.GetOptions().map_entry:
+            inner = field.message_type.fields_by_name["value"].message_type
+            for item in value.values() if inner is not None else ():
+                _numbers(inner, item)
+        else:
+            for item in value if isinstance(value, list) else [value]:
+                _numbers(field.message_type, item)
+
+
+def config_from_dict(data: dict[str, Any]) -> mc.ModelConfig:
+    return json_format.ParseDict(data, mc.ModelConfig())
+
+
+def serving_error(error: pb_utils.TritonError) -> ServingError:
+    return ServingError(error.message(), ErrorCode[error.code_name()])
+
+
+def triton_error(error: ServingError) -> pb_utils.TritonError:
+    code = getattr(pb_utils.TritonError, error.code.value, pb_utils.TritonError.INTERNAL)
+    return pb_utils.TritonError(error.message, code)
+
+
+class Codec:
+    """Conversions for one model version."""
+
+    def __init__(self, name: str, version: int, config: mc.ModelConfig) -> None:
+        self.name = name
+        self.version = version
+        self.outputs: dict[str, TensorSpec] = {spec.name: spec for spec in output_specs(config)}
+        self.max_batch_size = config.max_batch_size
+
+    def pb_request(self, request: InferRequest) -> pb_utils.InferenceRequest:
+        inputs = [pb_utils.Tensor(t.name, t.data, t.datatype) for t in request.inputs]
+        requested = [o.name for o in request.outputs] or list(self.outputs)
+        correlation = request.parameters.get("sequence_id", 0)
+        return pb_utils.InferenceRequest(
+            self.name,
+            requested,
+            inputs,
+            request_id=request.id,
+            correlation_id=correlation,
+            model_version=self.version,
+            parameters=json.dumps(request.parameters),
+        )
+
+    def response(self, response: pb_utils.InferenceResponse, request: InferRequest) -> InferResponse:
+        """The Nereid response for one of the model's responses to ``request``."""
+        out = InferResponse(
+            self.name, str(self.version), request.id, parameters=json.loads(response.parameters())
+        )
+        error = response.error()
+        if error is not None:
+            out.error = serving_error(error)
+            return out
+        wanted = {o.name for o in request.outputs}
+        for tensor in response.output_tensors():
+            if not isinstance(tensor, pb_utils.Tensor):
+                out.error = InternalError(
+                    f"model '{self.name}' returned {type(tensor).__name__} in output_tensors; expected pb_utils.Tensor"
+                )
+                break
+            converted = self._output(tensor)
+            if isinstance(converted, str):
+                out.error = InternalError(f"model '{self.name}' output '{tensor.name()}': {converted}")
+                break
+            if not wanted or converted.name in wanted:
+                out.outputs.append(converted)
+        if out.error is not None:
+            out.outputs = []
+        return out
+
+    def error_response(self, request: InferRequest, message: str) -> InferResponse:
+        return InferResponse(self.name, str(self.version), request.id, error=InternalError(message))
+
+    def _output(self, tensor: pb_utils.Tensor) -> Tensor | str:
+        """The Nereid tensor, or what is wrong with it."""
+        array = tensor.as_numpy()
+        spec = self.outputs.get(tensor.name())
+        if spec is None and self.outputs:
+            return "the model config declares no output of that name"
+        if array.dtype.kind in "OSU":
+            datatype, array = "BYTES", bytes_array(array)
+        elif spec is not None and spec.datatype == "BF16" and array.dtype == np.uint16:
+            datatype = "BF16"
+        else:
+            try:
+                datatype = numpy_to_api(array.dtype)
+            except ServingError:
+                return f"numpy dtype {array.dtype} has no Triton datatype"
+        if spec is not None:
+            if datatype != spec.datatype:
+                return (
+                    f"datatype {datatype} (numpy {array.dtype}) does not match the config's {spec.datatype}"
+                )
+            dims = array.shape[1:] if self.max_batch_size > 0 else array.shape
+            if (
+                (self.max_batch_size > 0 and not array.shape)
+                or len(dims) != len(spec.dims)
+                or any(w != -1 and g != w for g, w in zip(dims, spec.dims, strict=True))
+            ):
+                return f"shape {list(array.shape)} does not match the config's {spec.full_shape(self.max_batch_size)}"
+        return Tensor(tensor.name(), datatype, tuple(array.shape), array)
+
+
+def infer_request(request: pb_utils.InferenceRequest) -> InferRequest:
+    """The Nereid request for a BLS ``pb_utils.InferenceRequest``."""
+    inputs = []
+    for tensor in request.inputs():
+        array = tensor.as_numpy()
+        if array.dtype.kind in "OSU":
+            datatype, array = "BYTES", bytes_array(array)
+        else:
+            datatype = tensor.datatype() or numpy_to_api(array.dtype)
+        inputs.append(Tensor(tensor.name(), datatype, tuple(array.shape), array))
+    parameters = json.loads(request.parameters())
+    if request.timeout():
+        parameters["timeout"] = request.timeout()
+    version = request.model_version()
+    return InferRequest(
+        request.model_name(),
+        inputs,
+        model_version=str(version) if version >= 0 else "",
+        id=request.request_id(),
+        outputs=[RequestedOutput(name) for name in request.requested_output_names()],
+        parameters=parameters,
+    )
+
+
+def pb_response(response: InferResponse) -> pb_utils.InferenceResponse:
+    """A BLS result as the calling model sees it."""
+    if response.error is not None:
+        return pb_utils.InferenceResponse(error=triton_error(response.error))
+    tensors = [pb_utils.Tensor(t.name, t.data, t.datatype) for t in response.outputs]
+    return pb_utils.InferenceResponse(tensors, parameters=dict(response.parameters))
