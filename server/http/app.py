@@ -23,6 +23,7 @@ from nereid.server.errors import (
 )
 from nereid.server.http import codec
 from nereid.server.http.errors import HTTP_STATUS
+from nereid.server.http.generate import generate
 from nereid.server.model_config import config_from_dict, config_to_dict
 
 T = TypeVar("T")
@@ -190,6 +191,9 @@ class HttpFrontend:
             case ["infer"]:
                 _allow(method, "POST")
                 await self.infer(request, send, name, version)
+            case [("generate" | "generate_stream") as kind]:
+                _allow(method, "POST")
+                await generate(self.core, request, send, name, version, stream=kind == "generate_stream")
             case []:
                 _allow(method, "GET")
                 await respond(send, 200, codec.dumps(self.core.model_metadata(name, version)))

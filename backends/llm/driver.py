@@ -1,0 +1,160 @@
+"""The one thread that owns an :class:`LLMEngine`: admit, abort, step, route, sleep.
+
+Other threads only touch the inbox (under a condition variable). Each loop turn: take new requests and
+inspection calls from the inbox, ``add_request`` them (a ValueError becomes that request's error response),
+abort requests whose client went away, run one ``step()``, and send every output to its request's sender.
+With nothing to do the thread sleeps on the condition until ``submit`` or ``stop`` wakes it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any, TypeVar
+
+from nereid.backends.llm.engine import LLMEngine
+from nereid.backends.llm.metrics import EngineMetrics
+from nereid.backends.llm.outputs import RequestOutput
+from nereid.backends.llm.requests import Generation
+from nereid.backends.llm.responses import RequestState
+from nereid.server.errors import Cancelled, InternalError, InvalidArgument, ServingError, Unavailable
+from nereid.server.types import InferRequest, InferResponse
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+_Call = tuple[Callable[[LLMEngine], Any], Future]
+
+
+class EngineDriver:
+    """Runs ``engine`` on its own thread; ``submit`` is thread-safe and never blocks on the engine."""
+
+    def __init__(self, engine: LLMEngine, metrics: EngineMetrics, name: str) -> None:
+        self.engine = engine
+        self.metrics = metrics
+        self._cond = threading.Condition()
+        self._inbox: list[RequestState] = []
+        self._calls: list[_Call] = []
+        self._stopping = False
+        self._live: dict[str, RequestState] = {}
+        self._ids = itertools.count()
+        self._thread = threading.Thread(target=self._run, name=f"{name}-llm-driver", daemon=True)
+        self._thread.start()
+
+    def submit(self, request: InferRequest, generation: Generation) -> None:
+        with self._cond:
+            if self._stopping:
+                raise Unavailable("the model is unloading")
+            self._inbox.append(RequestState(request, generation))
+            self._cond.notify()
+
+    def call(self, fn: Callable[[LLMEngine], T], timeout: float = 30.0) -> T:
+        """Run ``fn(engine)`` on the driver thread between two steps (safe inspection from tests/tools)."""
+        future: Future = Future()
+        with self._cond:
+            self._calls.append((fn, future))
+            self._cond.notify()
+        return future.result(timeout)
+
+    def stop(self) -> None:
+        """Stop the thread; requests still in flight get an UNAVAILABLE final response."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not (self._inbox or self._calls or self._stopping or self._live):
+                    self._cond.wait()
+                inbox, self._inbox = self._inbox, []
+                calls, self._calls = self._calls, []
+                stopping = self._stopping
+            if stopping:
+                self._shutdown(inbox, calls)
+                return
+            for fn, future in calls:
+                _run_call(fn, future, self.engine)
+            try:
+                self._turn(inbox)
+            except Exception as exc:  # an engine bug: fail what is in flight, keep the thread alive
+                log.exception("LLM engine step failed")
+                self._fail_all(InternalError(f"LLM engine failure: {type(exc).__name__}: {exc}"))
+
+    def _turn(self, inbox: list[RequestState]) -> None:
+        for state in inbox:
+            self._admit(state)
+        for engine_id, state in self._live.items():
+            if state.cancelled:
+                self.engine.abort(engine_id)
+        self._route(self.engine.step())
+        self.metrics.update(self.engine.stats())
+
+    def _admit(self, state: RequestState) -> None:
+        if state.cancelled:
+            _send_error(state.request, Cancelled("request was cancelled"))
+            return
+        engine_id = str(next(self._ids))
+        gen = state.generation
+        try:
+            self.engine.add_request(engine_id, gen.prompt_ids, gen.params, gen.priority)
+        except ValueError as exc:
+            _send_error(state.request, InvalidArgument(str(exc)))
+            return
+        self._live[engine_id] = state
+
+    def _route(self, outputs: list[RequestOutput]) -> None:
+        now = time.monotonic_ns()
+        tokenizer = self.engine.tokenizer
+        for out in outputs:
+            state = self._live.get(out.request_id)
+            if state is None:
+                continue
+            if out.new_token_ids:
+                if not state.first_token_ns:
+                    state.first_token_ns = now
+                    self.metrics.first_token((now - state.request.arrival_ns) / 1e9)
+                else:
+                    self.metrics.next_token((now - state.last_token_ns) / 1e9)
+                state.last_token_ns = now
+            if out.finished:
+                del self._live[out.request_id]
+                if out.finish_reason != "abort":
+                    self.metrics.finished((now - state.request.arrival_ns) / 1e9)
+            response = state.respond(out, tokenizer)
+            if response is not None and state.request.sender is not None:
+                state.request.sender.send(response, final=out.finished)
+
+    def _fail_all(self, error: ServingError) -> None:
+        for engine_id, state in list(self._live.items()):
+            try:
+                self.engine.abort(engine_id)
+            except Exception:
+                log.exception("abort of request %s failed", engine_id)
+            _send_error(state.request, error)
+        self._live.clear()
+
+    def _shutdown(self, inbox: list[RequestState], calls: list[_Call]) -> None:
+        error = Unavailable("the model was unloaded")
+        for state in inbox:
+            _send_error(state.request, error)
+        self._fail_all(error)
+        for _fn, future in calls:
+            future.set_exception(error)
+        self.metrics.close()
+
+
+def _send_error(request: InferRequest, error: ServingError) -> None:
+    if request.sender is not None:
+        request.sender.send(InferResponse(id=request.id, error=error), final=True)
+
+
+def _run_call(fn: Callable[[LLMEngine], Any], future: Future, engine: LLMEngine) -> None:
+    try:
+        future.set_result(fn(engine))
+    except BaseException as exc:
+        future.set_exception(exc)
