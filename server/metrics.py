@@ -124,6 +124,10 @@ class MetricsApp:
         else:
             # The core's families, then whatever backends registered in prometheus-client's default
             # registry (the LLM engine's histograms and gauges, process metrics).
-            status, body, ctype = 200, generate_latest(self.registry) + generate_latest(REGISTRY), CONTENT_TYPE
+            status, body, ctype = (
+                200,
+                generate_latest(self.registry) + generate_latest(REGISTRY),
+                CONTENT_TYPE,
+            )
         await send({"type": "http.response.start", "status": status, "headers": [(b"content-type", ctype)]})  # type: ignore[operator]
         await send({"type": "http.response.body", "body": body})  # type: ignore[operator]

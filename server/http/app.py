@@ -6,15 +6,13 @@ server runs it (uvicorn with httptools by default; granian works as a drop-in).
 
 from __future__ import annotations
 
-import asyncio
 import zlib
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import unquote
 
 from nereid.server.core import InferenceCore
 from nereid.server.errors import (
-    Cancelled,
     InvalidArgument,
     NotFound,
     ResourceExhausted,
@@ -22,11 +20,11 @@ from nereid.server.errors import (
     as_serving_error,
 )
 from nereid.server.http import codec
+from nereid.server.http.disconnect import cancel_on_disconnect
 from nereid.server.http.errors import HTTP_STATUS
 from nereid.server.http.generate import generate
 from nereid.server.model_config import config_from_dict, config_to_dict
 
-T = TypeVar("T")
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
@@ -245,20 +243,6 @@ class HttpFrontend:
         else:
             await self.core.unload_model(name)
         await respond(send, 200, b"")
-
-
-async def cancel_on_disconnect(request: Request, work: Awaitable[T]) -> T:
-    """Await ``work``, cancelling it (and so dropping its queued request) if the client leaves."""
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(request.disconnected())
-    try:
-        await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        watcher.cancel()
-    if not task.done():
-        task.cancel()
-        raise Cancelled("the client disconnected")
-    return task.result()
 
 
 def _allow(method: str, allowed: str) -> None:

@@ -14,21 +14,19 @@ that disconnects cancels the request.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from nereid.server.core import InferenceCore
 from nereid.server.errors import Cancelled, InvalidArgument, as_serving_error
 from nereid.server.http import codec
+from nereid.server.http.disconnect import cancel_on_disconnect
 from nereid.server.types import InferRequest, InferResponse, Tensor
 
 if TYPE_CHECKING:
     from nereid.server.http.app import Request, Send
 
-T = TypeVar("T")
 SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
 _RESERVED = ("id", "parameters")
 
@@ -40,7 +38,7 @@ async def generate(
     if stream:
         await _generate_stream(core, request, send, infer_request)
         return
-    body = codec.dumps(await _until_disconnect(request, _collect(core, infer_request)))
+    body = codec.dumps(await cancel_on_disconnect(request, _collect(core, infer_request)))
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": 200, "headers": headers})
     await send({"type": "http.response.body", "body": body})
@@ -103,28 +101,10 @@ async def _generate_stream(
         await events.close()
 
     try:
-        await _until_disconnect(request, pump())
+        await cancel_on_disconnect(request, pump())
     except Cancelled:
         if not events.started:
             raise
-
-
-async def _until_disconnect(request: Request, work: Awaitable[T]) -> T:
-    """Await ``work``; if the client goes away first, cancel it (which cancels the request) and raise."""
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(request.disconnected())
-    try:
-        await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        watcher.cancel()
-    if not task.done():
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        raise Cancelled("the client disconnected")
-    return task.result()
-
-
-# ---- JSON <-> neutral types ---------------------------------------------------------------------
 
 
 def decode_request(core: InferenceCore, body: Any, name: str, version: str, stream: bool) -> InferRequest:

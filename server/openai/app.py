@@ -7,17 +7,17 @@ non-streaming calls aggregate the same stream. Every failure leaves in OpenAI's 
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Coroutine
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator
+from typing import Any
 
 from nereid.server.core import InferenceCore
-from nereid.server.errors import Cancelled, NotFound
+from nereid.server.errors import NotFound
 from nereid.server.http import codec
 from nereid.server.http.app import Request, Send, respond
+from nereid.server.http.disconnect import cancel_on_disconnect
 from nereid.server.model_version import ModelVersion
 from nereid.server.openai.bridge import is_llm, read_delta, to_infer_request
 from nereid.server.openai.errors import OpenAIError, as_openai_error, model_not_found
@@ -26,7 +26,6 @@ from nereid.server.openai.responses import Reply
 from nereid.server.types import InferResponse
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
 DONE = b"data: [DONE]\n\n"
 
@@ -85,9 +84,9 @@ class OpenAIFrontend:
         events = self.core.stream(to_infer_request(gen, model, reply.id))
         try:
             if gen.stream:
-                await until_disconnect(request, self._relay(send, events, reply))
+                await cancel_on_disconnect(request, self._relay(send, events, reply))
             else:
-                body = await until_disconnect(request, _collect(events, reply))
+                body = await cancel_on_disconnect(request, _collect(events, reply))
                 await respond(send, 200, codec.dumps(body))
         finally:
             await events.aclose()  # a no-op unless the stream was left early: then it cancels the request
@@ -137,26 +136,6 @@ async def _fail(events: AsyncIterator[InferResponse], response: InferResponse) -
 async def _event(send: Send, payload: dict[str, Any]) -> None:
     body = b"data: " + codec.dumps(payload) + b"\n\n"
     await send({"type": "http.response.body", "body": body, "more_body": True})
-
-
-async def until_disconnect(request: Request, work: Coroutine[Any, Any, T]) -> T:
-    """Run ``work``; if the client leaves first, cancel it and wait until it has unwound.
-
-    Cancelling interrupts ``core.stream`` where it waits (which cancels the request); the caller
-    closes the stream afterwards in case ``work`` was stopped while sending instead.
-    """
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(request.disconnected())
-    try:
-        await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        watcher.cancel()
-        if not task.done():
-            task.cancel()
-            await asyncio.wait((task,))
-    if task.cancelled():
-        raise Cancelled("the client disconnected")
-    return task.result()
 
 
 def _allow(request: Request, method: str) -> None:
