@@ -301,3 +301,49 @@ def module_repo(tmp_path_factory: pytest.TempPathFactory) -> RepoBuilder:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
+
+
+TINY_CHAT_TEMPLATE = (
+    "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def build_tiny_llm(
+    path: Path, corpus: list[str], vocab_size: int = 400, arch: str = "llama", **model_kw: object
+) -> None:
+    """A byte-level BPE tokenizer trained on ``corpus`` and a randomly initialised Llama or Qwen2.
+
+    Saved in Hugging Face layout (``tokenizer.json``, ``tokenizer_config.json`` with a chat
+    template, ``config.json``, ``model.safetensors``); ``model_kw`` go to the transformers config.
+    """
+    import json
+
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator(corpus, trainer)
+    tok.save(str(path / "tokenizer.json"))
+    config = {"eos_token": "<|endoftext|>", "bos_token": None, "chat_template": TINY_CHAT_TEMPLATE}
+    (path / "tokenizer_config.json").write_text(json.dumps(config))
+    config_cls, model_cls = (
+        (LlamaConfig, LlamaForCausalLM) if arch == "llama" else (Qwen2Config, Qwen2ForCausalLM)
+    )
+    torch.manual_seed(0)
+    model = model_cls(config_cls(vocab_size=tok.get_vocab_size(), **model_kw))
+    model.eval().save_pretrained(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_llm_builder() -> Callable[..., None]:
+    """``tiny_llm_builder(path, corpus, vocab_size=400, arch="llama", **config)`` writes a tiny LLM."""
+    return build_tiny_llm

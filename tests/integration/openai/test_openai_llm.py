@@ -2,18 +2,11 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import openai
 import pytest
 
 pytest.importorskip("nereid.backends.llm.backend")
 
-CHAT_TEMPLATE = (
-    "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
 CORPUS = [
     "The quick brown fox jumps over the lazy dog.",
     "Paris is the capital of France.",
@@ -24,44 +17,21 @@ MAX_MODEL_LEN = 128
 GREEDY = {"temperature": 0, "extra_body": {"ignore_eos": True}}
 
 
-def build_tiny_llama(path: Path) -> None:
-    """A byte-level BPE tokenizer trained on CORPUS and a randomly initialised two-layer Llama."""
-    import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=400,
-        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    tok.train_from_iterator(CORPUS, trainer)
-    tok.save(str(path / "tokenizer.json"))
-    config = {"eos_token": "<|endoftext|>", "bos_token": None, "chat_template": CHAT_TEMPLATE}
-    (path / "tokenizer_config.json").write_text(json.dumps(config))
-    torch.manual_seed(0)
-    llama = LlamaForCausalLM(
-        LlamaConfig(
-            vocab_size=tok.get_vocab_size(),
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=256,
-            initializer_range=0.3,
-        )
-    )
-    llama.eval().save_pretrained(path, safe_serialization=True)
-
-
 @pytest.fixture(scope="module")
-def llm_client(module_repo, start_module_server, tmp_path_factory):
+def llm_client(module_repo, start_module_server, tmp_path_factory, tiny_llm_builder):
     weights = tmp_path_factory.mktemp("tiny-llama")
-    build_tiny_llama(weights)
+    tiny_llm_builder(
+        weights,
+        CORPUS,
+        vocab_size=400,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        initializer_range=0.3,
+    )
     module_repo.config(
         "tiny",
         f"""

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 from google.protobuf import descriptor_pb2, descriptor_pool, json_format, text_format, unknown_fields
+
 from nereid.proto import generate, grpc_service_pb2, grpc_service_pb2_grpc, model_config_pb2
 from nereid.proto._pool import POOL
 

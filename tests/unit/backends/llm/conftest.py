@@ -5,20 +5,14 @@ Every engine made through `make_engine` is checked for leaked KV blocks when the
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from nereid.backends.llm import EngineConfig, LLMEngine, RequestOutput, SamplingParams
 
-CHAT_TEMPLATE = (
-    "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
 CORPUS = [
     "The quick brown fox jumps over the lazy dog.",
     "Paris is the capital of France.",
@@ -38,45 +32,17 @@ MODEL_KW = dict(
 NEAR_TIE = 1e-4
 
 
-def _train_tokenizer(path: Path) -> int:
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=400,
-        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    tok.train_from_iterator(CORPUS, trainer)
-    tok.save(str(path / "tokenizer.json"))
-    config = {"eos_token": "<|endoftext|>", "bos_token": None, "chat_template": CHAT_TEMPLATE}
-    (path / "tokenizer_config.json").write_text(json.dumps(config))
-    return tok.get_vocab_size()
-
-
-def _save_model(path: Path, arch: str) -> None:
-    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
-
-    vocab = _train_tokenizer(path)
-    config_cls, model_cls = (
-        (LlamaConfig, LlamaForCausalLM) if arch == "llama" else (Qwen2Config, Qwen2ForCausalLM)
-    )
-    torch.manual_seed(0)
-    model = model_cls(config_cls(vocab_size=vocab, tie_word_embeddings=arch == "qwen2", **MODEL_KW))
-    model.eval().save_pretrained(path)
-
-
 @pytest.fixture(scope="session")
-def llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def llama_dir(tmp_path_factory: pytest.TempPathFactory, tiny_llm_builder: Callable[..., None]) -> Path:
     path = tmp_path_factory.mktemp("tiny-llama")
-    _save_model(path, "llama")
+    tiny_llm_builder(path, CORPUS, vocab_size=400, arch="llama", **MODEL_KW)
     return path
 
 
 @pytest.fixture(scope="session")
-def qwen2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def qwen2_dir(tmp_path_factory: pytest.TempPathFactory, tiny_llm_builder: Callable[..., None]) -> Path:
     path = tmp_path_factory.mktemp("tiny-qwen2")
-    _save_model(path, "qwen2")
+    tiny_llm_builder(path, CORPUS, vocab_size=400, arch="qwen2", tie_word_embeddings=True, **MODEL_KW)
     return path
 
 
