@@ -22,8 +22,8 @@ from nereid.server.errors import (
 )
 from nereid.server.model_version import ModelVersion
 from nereid.server.repository import ModelRepository
-from nereid.server.responses import ResponseStream
-from nereid.server.types import InferRequest, InferResponse
+from nereid.server.responses import ResponseStream, UnaryResponse
+from nereid.server.types import InferRequest, InferResponse, ResponseSender
 from nereid.server.validation import int_parameter
 
 SERVER_NAME = "nereid"
@@ -141,32 +141,46 @@ class InferenceCore:
     def submit(self, request: InferRequest) -> tuple[ModelVersion, ResponseStream]:
         """Validate and queue ``request``; its responses arrive on the returned stream."""
         model = self.repository.resolve(request.model_name, request.model_version)
+        stream = ResponseStream(asyncio.get_running_loop())
+        self._admit(model, request, stream)
+        return model, stream
+
+    def _admit(self, model: ModelVersion, request: InferRequest, sender: ResponseSender) -> None:
         model.validate(request)
         params = request.parameters
         if params:
             request.priority = int_parameter(params, "priority", 0, 2**31) or 0
             request.timeout_us = int_parameter(params, "timeout", 0, MAX_TIMEOUT_US) or 0
-        stream = ResponseStream(asyncio.get_running_loop())
-        request.sender = stream
+        request.sender = sender
         try:
             model.scheduler.enqueue(request)
         except Unavailable:
             model.stats.record_request(False, time.monotonic_ns() - request.arrival_ns, None, "REJECTED")
             raise
-        return model, stream
 
     async def infer(self, request: InferRequest) -> InferResponse:
-        """One request, one response (not for decoupled models)."""
+        """One request, one response (not for decoupled models); raises the response's error."""
         model = self.repository.resolve(request.model_name, request.model_version)
         if model.decoupled:
             raise Unsupported(
                 f"model '{model.name}' is decoupled; use the streaming API (ModelStreamInfer or generate_stream)"
             )
-        response: InferResponse | None = None
-        async for item in self.stream(request):
-            response = item
-        if response is None:
-            raise ServingError(f"model '{model.name}' sent no response")
+        # The common path: one future resolved once, no per-request stream machinery.
+        sender = UnaryResponse(asyncio.get_running_loop())
+        self._admit(model, request, sender)
+        ok, reason = False, "CANCELED"
+        try:
+            response = await sender.wait()
+            ok = response.error is None
+            if not ok:
+                reason = _failure_reason(response.error)  # type: ignore[arg-type]
+        except asyncio.CancelledError:
+            sender.cancel()
+            raise
+        finally:
+            dispatch = request.dispatch_ns
+            queue_ns = dispatch - request.arrival_ns if dispatch else None
+            model.stats.record_request(ok, time.monotonic_ns() - request.arrival_ns, queue_ns, reason)
         if response.error is not None:
             raise response.error
         return response

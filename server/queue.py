@@ -8,7 +8,7 @@ Requests batch only when their non-batch shapes agree.
 
 from __future__ import annotations
 
-import asyncio
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -50,7 +50,11 @@ def batch_key(request: InferRequest) -> tuple:
 
 
 class RequestQueue:
-    """Priority queue of one model version, shared by all of its instances."""
+    """Priority queue of one model version, shared by all of its instances.
+
+    Requests are put from the event loop; instance threads take batches with the blocking
+    :meth:`next_batch`, so forming a batch and running it never waits for the loop.
+    """
 
     def __init__(self, batching: mc.ModelDynamicBatching | None, stats: ModelStats) -> None:
         self.has_levels = bool(batching and batching.priority_levels)
@@ -64,7 +68,7 @@ class RequestQueue:
         # index 0 unused; index levels+1 holds DELAYed requests whose timeout expired.
         self._queues: list[deque[QueuedRequest]] = [deque() for _ in range(self.levels + 2)]
         self._stats = stats
-        self._wakeup = asyncio.Event()
+        self._cond = threading.Condition()
         self.closed = False
 
     def __len__(self) -> int:
@@ -83,6 +87,11 @@ class RequestQueue:
 
     def put(self, request: InferRequest) -> None:
         """Admit a request or raise (full queue: UNAVAILABLE; closed: UNAVAILABLE)."""
+        with self._cond:
+            self._put(request)
+            self._cond.notify()
+
+    def _put(self, request: InferRequest) -> None:
         if self.closed:
             raise Unavailable(f"model '{request.model_name}' is unloading")
         level = self.level_of(request)
@@ -97,7 +106,6 @@ class RequestQueue:
         deadline = request.arrival_ns + timeout_ns if timeout_ns else 0
         queue.append(QueuedRequest(request, level, deadline, batch_key(request)))
         self._stats.change_pending(level, 1)
-        self._wakeup.set()
 
     def _pop_dead(self, now: int) -> list[tuple[QueuedRequest, ServingError]]:
         """Remove cancelled and expired (REJECT) requests; move expired DELAY ones to the back."""
@@ -155,48 +163,46 @@ class RequestQueue:
             item.request.dispatch_ns = now
             self._stats.change_pending(item.level, -1)
 
-    async def next_batch(
+    def next_batch(
         self, max_rows: int, delay_ns: int, preferred: frozenset[int]
     ) -> tuple[list[InferRequest], list[tuple[InferRequest, ServingError]]]:
-        """Wait for the next batch to run; also returns requests that died in the queue.
+        """Block until the next batch is ready; also returns requests that died in the queue.
 
-        ``max_rows`` 0 means no batching: one request at a time.
+        Called on instance threads. ``max_rows`` 0 means no batching: one request at a time.
+        Returns two empty lists once the queue is closed and empty.
         """
-        while True:
-            now = time.monotonic_ns()
-            dead = [(item.request, err) for item, err in self._pop_dead(now)]
-            head = self._head()
-            if head is None:
+        with self._cond:
+            while True:
+                now = time.monotonic_ns()
+                dead = [(item.request, err) for item, err in self._pop_dead(now)]
+                head = self._head()
+                if head is None:
+                    if dead or self.closed:
+                        return [], dead
+                    self._cond.wait()
+                    continue
+                if max_rows == 0:
+                    batch, rows = [head], head.request.batch_size
+                else:
+                    batch, rows = self._gather(head, max_rows)
+                waited = now - head.request.arrival_ns
+                if max_rows == 0 or rows >= max_rows or rows in preferred or waited >= delay_ns:
+                    self._remove(batch)
+                    if self._head() is not None:
+                        self._cond.notify()  # more work: wake another idle instance
+                    return [item.request for item in batch], dead
                 if dead:
                     return [], dead
-                if self.closed:
-                    return [], []
-                self._wakeup.clear()
-                await self._wakeup.wait()
-                continue
-            if max_rows == 0:
-                batch, rows = [head], head.request.batch_size
-            else:
-                batch, rows = self._gather(head, max_rows)
-            waited = now - head.request.arrival_ns
-            if max_rows == 0 or rows >= max_rows or rows in preferred or waited >= delay_ns:
-                self._remove(batch)
-                return [item.request for item in batch], dead
-            if dead:
-                return [], dead
-            self._wakeup.clear()
-            timer = asyncio.get_running_loop().call_later((delay_ns - waited) / 1e9, self._wakeup.set)
-            try:
-                await self._wakeup.wait()
-            finally:
-                timer.cancel()
+                self._cond.wait((delay_ns - waited) / 1e9)
 
     def close(self) -> None:
-        self.closed = True
-        self._wakeup.set()
+        with self._cond:
+            self.closed = True
+            self._cond.notify_all()
 
     def drain(self) -> list[InferRequest]:
         """Remove everything still queued (on unload)."""
-        items = [item for queue in self._queues for item in queue]
-        self._remove(items)
+        with self._cond:
+            items = [item for queue in self._queues for item in queue]
+            self._remove(items)
         return [item.request for item in items]

@@ -6,6 +6,7 @@ import asyncio
 import threading
 from collections.abc import AsyncIterator
 
+from nereid.server.errors import InternalError
 from nereid.server.types import InferResponse
 
 _END = object()
@@ -59,3 +60,42 @@ class ResponseStream:
                 return
             assert isinstance(item, InferResponse)
             yield item
+
+
+class UnaryResponse:
+    """A :class:`~nereid.server.types.ResponseSender` for exactly one response, read by awaiting.
+
+    The request path of ordinary models: one future, resolved once, whichever thread sends.
+    """
+
+    __slots__ = ("_cancelled", "_future", "_loop", "_loop_thread")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._loop_thread = threading.get_ident()
+        self._future: asyncio.Future[InferResponse] = loop.create_future()
+        self._cancelled = False
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled
+
+    def cancel(self) -> None:
+        self._cancelled = True
+
+    def send(self, response: InferResponse | None, final: bool) -> None:
+        if response is None:
+            if not final:
+                return
+            response = InferResponse(error=InternalError("the model sent no response"))
+        if threading.get_ident() == self._loop_thread:
+            self._resolve(response)
+        else:
+            self._loop.call_soon_threadsafe(self._resolve, response)
+
+    def _resolve(self, response: InferResponse) -> None:
+        if not self._future.done():
+            self._future.set_result(response)
+
+    async def wait(self) -> InferResponse:
+        return await self._future

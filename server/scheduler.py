@@ -1,16 +1,18 @@
-"""The Queue stage's dispatcher: one worker per model instance pulls batches and runs them.
+"""The Queue stage's dispatcher: one thread per model instance takes batches and runs them.
 
-Each instance has its own single thread, so ``execute`` is never concurrent on one
-instance while different instances run in parallel. Responses are checked against the
-config, trimmed to the requested outputs, and sent to each request's stream.
+Each instance has its own thread, so ``execute`` is never concurrent on one instance while
+different instances run in parallel. The thread forms its own batches from the queue (no
+event-loop round trip between batches, as in Triton), checks responses against the config,
+trims them to the requested outputs, and hands a whole batch's responses to the event loop
+in one callback.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 from nereid.backends.base import ModelInstance
 from nereid.proto import model_config_pb2 as mc
@@ -47,50 +49,49 @@ class Scheduler:
         self.stats = stats
         self._outputs = outputs
         self._instances = instances
-        self._executors = [
-            ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{name}-{i}") for i in range(len(instances))
-        ]
-        self._workers: list[asyncio.Task[None]] = []
-        self._inflight = 0
+        self._threads: list[threading.Thread] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def start(self) -> None:
-        for instance, executor in zip(self._instances, self._executors, strict=True):
-            self._workers.append(asyncio.create_task(self._work(instance, executor)))
+        """Start one thread per instance; called on the event loop that reads the responses."""
+        self._loop = asyncio.get_running_loop()
+        for index, instance in enumerate(self._instances):
+            thread = threading.Thread(
+                target=self._work, args=(instance,), name=f"{self.name}-{index}", daemon=True
+            )
+            thread.start()
+            self._threads.append(thread)
 
     def enqueue(self, request: InferRequest) -> None:
         self.queue.put(request)
 
-    async def _work(self, instance: ModelInstance, executor: ThreadPoolExecutor) -> None:
-        loop = asyncio.get_running_loop()
+    def _work(self, instance: ModelInstance) -> None:
+        """An instance thread: take a batch, run it, deliver; until the queue closes."""
+        assert self._loop is not None
         while True:
-            batch, dead = await self.queue.next_batch(self.max_rows, self.delay_ns, self.preferred)
-            for request, error in dead:
-                self._fail(request, error)
-            if not batch:
-                if self.queue.closed and not len(self.queue):
-                    return
-                continue
-            self._inflight += 1
-            try:
-                await loop.run_in_executor(executor, self._execute, instance, batch)
-            finally:
-                self._inflight -= 1
-
-    def _fail(self, request: InferRequest, error: ServingError) -> None:
-        if request.sender is not None:
-            request.sender.send(self._response(request, error=error), final=True)
+            batch, dead = self.queue.next_batch(self.max_rows, self.delay_ns, self.preferred)
+            replies = [(request, self._response(request, error=error)) for request, error in dead]
+            if batch:
+                replies.extend(self._execute(instance, batch))
+            if replies:
+                self._loop.call_soon_threadsafe(_deliver, replies)
+            if not batch and not dead and self.queue.closed:
+                return
 
     def _response(self, request: InferRequest, error: ServingError | None = None) -> InferResponse:
         return InferResponse(self.name, self.version, request.id, error=error)
 
-    def _execute(self, instance: ModelInstance, requests: list[InferRequest]) -> None:
-        """Runs on the instance's thread."""
-        live = [r for r in requests if r.sender is None or not r.sender.cancelled]
+    def _execute(self, instance: ModelInstance, requests: list[InferRequest]) -> list[Reply]:
+        """Run one batch on the instance's thread; returns the replies to deliver."""
+        replies: list[Reply] = []
+        live: list[InferRequest] = []
         for request in requests:
             if request.sender is not None and request.sender.cancelled:
-                self._fail(request, Cancelled("request was cancelled"))
+                replies.append((request, self._response(request, Cancelled("request was cancelled"))))
+            else:
+                live.append(request)
         if not live:
-            return
+            return replies
         timer = instance.timer
         timer.input_ns = timer.infer_ns = timer.output_ns = 0
         timer._marked = False
@@ -106,24 +107,20 @@ class Scheduler:
         self.stats.record_execution(
             ExecutionRecord(rows, len(live), timer.input_ns, timer.infer_ns, timer.output_ns)
         )
-        if error is not None:
-            for request in live:
-                self._fail(request, error)
-            return
-        if self.decoupled:
-            return
-        if responses is None or len(responses) != len(live):
+        if error is None and self.decoupled:
+            return replies  # the backend sends through each request's sender
+        if error is None and (responses is None or len(responses) != len(live)):
             count = "no" if responses is None else len(responses)
             error = InternalError(f"model '{self.name}' returned {count} responses for {len(live)} requests")
-            for request in live:
-                self._fail(request, error)
-            return
+        if error is not None or responses is None:
+            failure = error or InternalError(f"model '{self.name}' returned no responses")
+            return replies + [(request, self._response(request, failure)) for request in live]
         for request, response in zip(live, responses, strict=True):
             response.model_name, response.model_version, response.id = self.name, self.version, request.id
             if response.error is None:
                 self._finish_outputs(request, response)
-            if request.sender is not None:
-                request.sender.send(response, final=True)
+            replies.append((request, response))
+        return replies
 
     def _finish_outputs(self, request: InferRequest, response: InferResponse) -> None:
         """Check outputs against the config and keep only those the client asked for."""
@@ -145,18 +142,22 @@ class Scheduler:
             response.outputs = [t for t in response.outputs if t.name in wanted]
 
     async def stop(self) -> None:
-        """Stop taking requests, fail what is queued, wait for running batches, free threads."""
+        """Stop taking requests, fail what is queued, wait for running batches to finish."""
         self.queue.close()
-        for request in self.queue.drain():
-            self._fail(request, Unavailable(f"model '{self.name}' version {self.version} was unloaded"))
-        if self._workers:
-            await asyncio.gather(*self._workers, return_exceptions=True)
-        for executor in self._executors:
-            executor.shutdown(wait=True)
+        error = Unavailable(f"model '{self.name}' version {self.version} was unloaded")
+        _deliver([(request, self._response(request, error)) for request in self.queue.drain()])
+        for thread in self._threads:
+            await asyncio.to_thread(thread.join)
 
-    @property
-    def idle(self) -> bool:
-        return self._inflight == 0 and not len(self.queue)
+
+Reply = tuple[InferRequest, InferResponse]
+
+
+def _deliver(replies: list[Reply]) -> None:
+    """On the event loop: hand each final response to its request's stream."""
+    for request, response in replies:
+        if request.sender is not None:
+            request.sender.send(response, final=True)
 
 
 def _output_problem(datatype: str, shape: tuple[int, ...], spec: TensorSpec, max_batch_size: int) -> str:

@@ -435,8 +435,8 @@ def test_state_dict_checkpoint_is_not_a_program(tm, root):
 
 
 def test_damaged_torchscript_fails_with_the_torch_reason(tm, root):
-    data = bytearray(tm.script_bytes(tm.Affine()))
-    data[len(data) // 3 : len(data) // 3 + 64] = b"\xff" * 64
+    # Cut the archive short: the zip directory at its end is gone, whatever the contents.
+    data = tm.script_bytes(tm.Affine())[:-200]
     folder = tm.write_model(
         root,
         "damaged",
