@@ -15,6 +15,7 @@ from onnx import TensorProto, helper
 
 from nereid.backends import registry
 from nereid.backends.base import Backend, InstanceContext, Model, ModelContext, ModelInstance
+from nereid.server.datatypes import NUMPY_DTYPES
 from nereid.server.serve import NereidServer
 from nereid.server.settings import Settings
 from nereid.server.types import InferRequest, InferResponse, Tensor
@@ -301,6 +302,23 @@ def module_repo(tmp_path_factory: pytest.TempPathFactory) -> RepoBuilder:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
+
+
+def sample_array(datatype: str, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+    """Random data covering a numeric datatype's whole range (integers) or sign and scale (floats)."""
+    dtype = NUMPY_DTYPES[datatype]
+    if datatype == "BOOL":
+        return rng.integers(0, 2, shape).astype(bool)
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        return rng.integers(info.min, info.max, shape, dtype=dtype, endpoint=True)
+    return (rng.standard_normal(shape) * 100).astype(dtype)
+
+
+@pytest.fixture
+def sample(rng: np.random.Generator) -> Callable[[str, tuple[int, ...]], np.ndarray]:
+    """``sample(datatype, shape)``: random numeric test data (see :func:`sample_array`)."""
+    return lambda datatype, shape: sample_array(datatype, shape, rng)
 
 
 TINY_CHAT_TEMPLATE = (
