@@ -202,7 +202,9 @@ def test_gpu_instances_without_a_gpu_fail_the_load_clearly(repo, start_server, s
     repo.config("sleepy", sleep_config(1, "").replace("KIND_CPU", "KIND_GPU"))
     repo.config("fine", sleep_config(1, ""))
     running = start_server(repo.root, exit_on_error=False)
-    index = {r["name"]: r for r in httpclient.InferenceServerClient(running.http_url).get_model_repository_index()}
+    index = {
+        r["name"]: r for r in httpclient.InferenceServerClient(running.http_url).get_model_repository_index()
+    }
     if index["sleepy"]["state"] == "READY":
         pytest.skip("this machine has a GPU")
     assert "KIND_GPU" in index["sleepy"]["reason"] and "no GPU" in index["sleepy"]["reason"]
