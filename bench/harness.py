@@ -159,7 +159,13 @@ class ServerProcess:
 class Nereid(ServerProcess):
     name = "nereid"
 
-    def __init__(self, models: Sequence[str], repository: Path = MODELS, pin: set[int] | None = None) -> None:
+    def __init__(
+        self,
+        models: Sequence[str],
+        repository: Path = MODELS,
+        pin: set[int] | None = None,
+        extra: Sequence[str] = (),
+    ) -> None:
         http, grpc, metrics = free_port(), free_port(), free_port()
         self.http, self.grpc = f"127.0.0.1:{http}", f"127.0.0.1:{grpc}"
         args = [
@@ -168,6 +174,7 @@ class Nereid(ServerProcess):
             "--http-address=127.0.0.1", f"--http-port={http}", f"--grpc-port={grpc}",
             f"--metrics-port={metrics}", "--model-control-mode=explicit",
             *(f"--load-model={m}" for m in models),
+            *extra,
         ]  # fmt: skip
         super().__init__(args, pin=pin)
 

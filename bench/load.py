@@ -15,25 +15,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.util
 import json
 import os
 import platform
 import shlex
-import signal
-import socket
-import subprocess
 import sys
-import tempfile
 import threading
 import time
-import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnxruntime as ort
+from harness import Nereid
 
 from nereid.clients.inputs import ModelSpec, random_sample, request_shapes
 from nereid.clients.loadgen import process_cpu, run_load
@@ -41,83 +36,6 @@ from nereid.clients.report import LatencyStats, ProgressLine, Row
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "add_sub"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def grpc_frontend_present() -> bool:
-    try:
-        return importlib.util.find_spec("nereid.server.grpc.server") is not None
-    except ImportError:
-        return False
-
-
-class ServerProcess:
-    """``nereid serve`` in a subprocess, ready when ``/v2/health/ready`` answers 200."""
-
-    def __init__(self, repository: Path, grpc: bool, pin: bool, extra: list[str]) -> None:
-        self.ports = {"http": free_port(), "grpc": free_port(), "metrics": free_port()}
-        self.args = [
-            sys.executable,
-            "-m",
-            "nereid.server.cli",
-            "serve",
-            f"--model-repository={repository}",
-            "--http-address=127.0.0.1",
-            f"--http-port={self.ports['http']}",
-            f"--grpc-port={self.ports['grpc']}",
-            f"--metrics-port={self.ports['metrics']}",
-            f"--allow-grpc={str(grpc).lower()}",
-            "--model-control-mode=explicit",
-            f"--load-model={MODEL}",
-            *extra,
-        ]
-        self.grpc = grpc
-        self.log = tempfile.NamedTemporaryFile("w+", prefix="nereid-bench-", suffix=".log")  # noqa: SIM115
-        pin_cpu = (lambda: os.sched_setaffinity(0, {0})) if pin else None
-        self.proc = subprocess.Popen(
-            self.args, stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT, preexec_fn=pin_cpu
-        )
-
-    @property
-    def http(self) -> str:
-        return f"127.0.0.1:{self.ports['http']}"
-
-    def get(self, path: str) -> Any:
-        with urllib.request.urlopen(f"http://{self.http}{path}", timeout=5) as response:
-            body = response.read()
-        return json.loads(body) if body else None
-
-    def wait_ready(self, timeout: float = 90.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the server exited with {self.proc.returncode}:\n{self.output()}")
-            try:
-                self.get("/v2/health/ready")
-                return
-            except OSError:
-                time.sleep(0.2)
-        raise RuntimeError(f"the server was not ready after {timeout:.0f}s:\n{self.output()}")
-
-    def output(self) -> str:
-        self.log.flush()
-        self.log.seek(0)
-        return self.log.read()[-4000:]
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
 
 
 def _floor_worker(
@@ -245,15 +163,11 @@ def main(argv: list[str] | None = None) -> int:
         args.duration, args.warmup = 1.0, 0.3
     levels = [int(c) for c in args.concurrency.split(",")]
     protocols = [x for x in args.protocols.split(",") if x]
-    grpc = "grpc" in protocols and grpc_frontend_present()
-    if "grpc" in protocols and not grpc:
-        print("note: no gRPC front-end yet (nereid.server.grpc.server); skipping gRPC", file=sys.stderr)
-        protocols.remove("grpc")
     if args.pin:
         os.sched_setaffinity(0, {1})
     started = datetime.now(UTC)
     before = machine()
-    server = ServerProcess(args.model_repository, grpc, args.pin, args.server_arg)
+    server = Nereid([MODEL], args.model_repository, {0} if args.pin else None, args.server_arg)
     progress = ProgressLine(sys.stderr)
     try:
         server.wait_ready()
@@ -267,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         floor = floor_rows(model_file, feed, levels, args.warmup, args.duration)
         results = {}
         for protocol in protocols:
-            target = f"127.0.0.1:{server.ports['grpc' if protocol == 'grpc' else 'http']}"
+            target = server.target(protocol)
             results[protocol] = _runner(protocol)(
                 run_load(
                     target,
@@ -300,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
             "date": started.isoformat(timespec="seconds"),
             "command": shlex.join(["python", sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
             "machine": {**before, "loadavg_after": os.getloadavg()},
-            "server": {"args": server.args[3:], "grpc": grpc, "pinned": args.pin},
+            "server": {"args": server.args[3:], "grpc": "grpc" in protocols, "pinned": args.pin},
             "floor": [r.__dict__ | {"latency": r.latency and r.latency.__dict__} for r in floor],
             "results": {name: result.to_dict() for name, result in results.items()},
         }
