@@ -27,6 +27,7 @@ compare behaviour, not bytes: the committed model must compute what a fresh buil
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import io
 import os
 import random
@@ -34,6 +35,7 @@ import subprocess
 import sys
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -149,21 +151,20 @@ def build_files() -> dict[str, bytes]:
     }
 
 
+def _build_module() -> Any:
+    """``build.py`` beside this file (loaded by path: these scripts are not a package)."""
+    spec = importlib.util.spec_from_file_location(
+        "nereid_model_repository_build", Path(__file__).with_name("build.py")
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def write(out: Path, files: dict[str, bytes] | None = None) -> list[tuple[str, str]]:
-    """Write the files under ``out``; returns (relative path, "wrote" | "unchanged") pairs."""
-    files = build_files() if files is None else files
-    report = []
-    for rel, data in files.items():
-        path = out / rel
-        if path.is_file() and path.read_bytes() == data:
-            report.append((rel, "unchanged"))
-            continue
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_bytes(data)
-        tmp.replace(path)
-        report.append((rel, "wrote"))
-    return report
+    """Write the files under ``out`` with ``build.py``'s writer (unchanged files keep their mtime)."""
+    return _build_module().write(out, build_files() if files is None else files)
 
 
 def check(out: Path) -> None:
