@@ -16,20 +16,31 @@ class Disconnectable(Protocol):
 
 
 async def cancel_on_disconnect(request: Disconnectable, work: Awaitable[T]) -> T:
-    """Await ``work``; if the client leaves first, cancel it, wait until it has unwound, and raise.
+    """Await ``work`` in this task; if the client leaves first, cancel it and raise Cancelled.
 
     Cancelling interrupts ``core.infer`` / ``core.stream`` where they wait, which cancels the
-    request in the queue or in the backend.
+    request in the queue or in the backend. Only the watcher is a separate task: the work runs
+    in the caller's own task, which the watcher cancels.
     """
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(request.disconnected())
-    try:
-        await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        watcher.cancel()
-        if not task.done():
+    task = asyncio.current_task()
+    assert task is not None
+    state = {"running": True, "left": False}
+
+    def on_disconnect(watcher: asyncio.Future[None]) -> None:
+        # Runs on the loop after the watcher ends; once the work is over it changes nothing.
+        if state["running"] and not watcher.cancelled() and watcher.exception() is None:
+            state["left"] = True
             task.cancel()
-            await asyncio.wait((task,))
-    if task.cancelled():
-        raise Cancelled("the client disconnected")
-    return task.result()
+
+    watcher = asyncio.ensure_future(request.disconnected())
+    watcher.add_done_callback(on_disconnect)
+    try:
+        return await work
+    except asyncio.CancelledError:
+        if state["left"]:
+            task.uncancel()
+            raise Cancelled("the client disconnected") from None
+        raise
+    finally:
+        state["running"] = False
+        watcher.cancel()
