@@ -90,13 +90,14 @@ class Codec:
             request_id=request.id,
             correlation_id=correlation,
             model_version=self.version,
-            parameters=json.dumps(request.parameters),
+            parameters=json.dumps(request.parameters) if request.parameters else "{}",
         )
 
     def response(self, response: pb_utils.InferenceResponse, request: InferRequest) -> InferResponse:
         """The Nereid response for one of the model's responses to ``request``."""
+        params = response.parameters()
         out = InferResponse(
-            self.name, str(self.version), request.id, parameters=json.loads(response.parameters())
+            self.name, str(self.version), request.id, parameters=json.loads(params) if params != "{}" else {}
         )
         error = response.error()
         if error is not None:
