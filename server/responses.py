@@ -29,6 +29,11 @@ class ResponseStream:
         self.finished = False
 
     @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The loop its reader runs on: a producer with many responses may post them there at once."""
+        return self._loop
+
+    @property
     def cancelled(self) -> bool:
         return self._cancelled
 

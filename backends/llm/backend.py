@@ -68,17 +68,18 @@ class LLMInstance(ModelInstance):
         config = serving.engine_config(ctx, context)
         start = time.perf_counter()
         try:
-            self.engine = LLMEngine(config)
+            self.driver = EngineDriver(
+                lambda: LLMEngine(config), lambda: EngineMetrics(ctx.name, str(ctx.version)), ctx.name
+            )
         except ValueError as exc:
             hint = " (parameters kv_cache_bytes, kv_cache_memory_fraction)" if "KV cache" in str(exc) else ""
             raise InvalidArgument(f"model '{ctx.name}': {exc}{hint}") from None
+        self.engine = self.driver.engine
         log.info(
             "model '%s' version %d: engine ready in %.1f s (%s, %d KV blocks of %d tokens, max_model_len %d)",
             ctx.name, ctx.version, time.perf_counter() - start, config.device,
             self.engine.block_manager.num_blocks, config.block_size, self.engine.max_model_len,
         )  # fmt: skip
-        metrics = EngineMetrics(ctx.name, str(ctx.version))
-        self.driver = EngineDriver(self.engine, metrics, ctx.name)
 
     @property
     def tokenizer(self) -> Tokenizer:

@@ -2,12 +2,14 @@
 
 Other threads only touch the inbox (under a condition variable). Each loop turn: take new requests and
 inspection calls from the inbox, ``add_request`` them (a ValueError becomes that request's error response),
-abort requests whose client went away, run one ``step()``, and send every output to its request's sender.
+abort requests whose client went away, run one ``step()``, and send every output to its request's sender
+(a step's responses for senders on an event loop go to that loop in one callback).
 With nothing to do the thread sleeps on the condition until ``submit`` or ``stop`` wakes it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import threading
@@ -22,27 +24,47 @@ from nereid.backends.llm.outputs import RequestOutput
 from nereid.backends.llm.requests import Generation
 from nereid.backends.llm.responses import RequestState
 from nereid.server.errors import Cancelled, InternalError, InvalidArgument, ServingError, Unavailable
-from nereid.server.types import InferRequest, InferResponse
+from nereid.server.types import InferRequest, InferResponse, ResponseSender
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 _Call = tuple[Callable[[LLMEngine], Any], Future]
+_Reply = tuple[ResponseSender, InferResponse, bool]
 
 
 class EngineDriver:
-    """Runs ``engine`` on its own thread; ``submit`` is thread-safe and never blocks on the engine."""
+    """Builds the engine with ``build()`` (then its ``metrics()``) on its own thread and runs it there; ``submit``
+    is thread-safe and never blocks on the engine. The constructor returns once the engine is built and re-raises
+    ``build``'s error.
 
-    def __init__(self, engine: LLMEngine, metrics: EngineMetrics, name: str) -> None:
-        self.engine = engine
-        self.metrics = metrics
+    The engine is built on the thread that steps it because OpenMP gives every thread that runs parallel torch
+    code its own thread team: a team left on a loader thread makes libgomp count more threads than CPUs and
+    stop spinning between parallel regions, which made every step 10-40% slower (bench/RESULTS.md, issue 6,
+    session 3).
+    """
+
+    engine: LLMEngine
+    metrics: EngineMetrics
+
+    def __init__(
+        self, build: Callable[[], LLMEngine], metrics: Callable[[], EngineMetrics], name: str
+    ) -> None:
         self._cond = threading.Condition()
         self._inbox: list[RequestState] = []
         self._calls: list[_Call] = []
         self._stopping = False
         self._live: dict[str, RequestState] = {}
         self._ids = itertools.count()
-        self._thread = threading.Thread(target=self._run, name=f"{name}-llm-driver", daemon=True)
+        ready: Future[LLMEngine] = Future()
+        self._thread = threading.Thread(
+            target=self._main, args=(build, metrics, ready), name=f"{name}-llm-driver", daemon=True
+        )
         self._thread.start()
+        try:
+            ready.result()
+        except BaseException:
+            self._thread.join()
+            raise
 
     def submit(self, request: InferRequest, generation: Generation) -> None:
         with self._cond:
@@ -65,6 +87,18 @@ class EngineDriver:
             self._stopping = True
             self._cond.notify()
         self._thread.join()
+
+    def _main(
+        self, build: Callable[[], LLMEngine], metrics: Callable[[], EngineMetrics], ready: Future[LLMEngine]
+    ) -> None:
+        try:
+            self.engine = build()
+            self.metrics = metrics()  # only for an engine that exists: a failed load leaves no series behind
+        except BaseException as exc:
+            ready.set_exception(exc)
+            return
+        ready.set_result(self.engine)
+        self._run()
 
     def _run(self) -> None:
         while True:
@@ -110,6 +144,7 @@ class EngineDriver:
     def _route(self, outputs: list[RequestOutput]) -> None:
         now = time.monotonic_ns()
         tokenizer = self.engine.tokenizer
+        replies: list[_Reply] = []
         for out in outputs:
             state = self._live.get(out.request_id)
             if state is None:
@@ -127,7 +162,8 @@ class EngineDriver:
                     self.metrics.finished((now - state.request.arrival_ns) / 1e9)
             response = state.respond(out, tokenizer)
             if response is not None and state.request.sender is not None:
-                state.request.sender.send(response, final=out.finished)
+                replies.append((state.request.sender, response, out.finished))
+        _deliver(replies)
 
     def _fail_all(self, error: ServingError) -> None:
         for engine_id, state in list(self._live.items()):
@@ -146,6 +182,29 @@ class EngineDriver:
         for _fn, future in calls:
             future.set_exception(error)
         self.metrics.close()
+
+
+def _deliver(replies: list[_Reply]) -> None:
+    """Send one step's responses with one wake-up per event loop, not one per response.
+
+    A sender that reads on an asyncio loop (the core's ``ResponseStream``) gets its responses through one
+    ``call_soon_threadsafe`` per loop and step; on the loop's own thread ``send`` just queues them. Any other
+    sender is called directly.
+    """
+    by_loop: dict[asyncio.AbstractEventLoop, list[_Reply]] = {}
+    for reply in replies:
+        loop = getattr(reply[0], "loop", None)  # ResponseStream.loop
+        if isinstance(loop, asyncio.AbstractEventLoop):
+            by_loop.setdefault(loop, []).append(reply)
+        else:
+            reply[0].send(reply[1], final=reply[2])
+    for loop, batch in by_loop.items():
+        loop.call_soon_threadsafe(_send_all, batch)
+
+
+def _send_all(replies: list[_Reply]) -> None:
+    for sender, response, final in replies:
+        sender.send(response, final=final)
 
 
 def _send_error(request: InferRequest, error: ServingError) -> None:
