@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import itertools
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -26,10 +27,23 @@ class AttentionMetadata:
     context_lens_cpu: list[int]
     num_decodes: int
     block_size: int
+    decode_groups: list[int] = field(default_factory=list)
+    """Boundaries `[0, ..., num_decodes]` of the groups of decodes attended together: each group's K/V is
+    gathered padded to its own longest context (see `decode_groups`); empty means one group."""
 
     @property
     def num_seqs(self) -> int:
         return len(self.context_lens_cpu)
+
+
+def decode_groups(context_lens: list[int], max_groups: int = 4) -> list[int]:
+    """Split decodes sorted by context length into at most `max_groups` runs whose longest context is at
+    most twice their shortest, so one long sequence does not pad the gather of many short ones."""
+    bounds = [0]
+    for i, n in enumerate(context_lens):
+        if i and n > 2 * context_lens[bounds[-1]] and len(bounds) < max_groups:
+            bounds.append(i)
+    return [*bounds, len(context_lens)] if context_lens else [0]
 
 
 def write_kv(kv_cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slot_mapping: torch.Tensor) -> None:
@@ -39,11 +53,11 @@ def write_kv(kv_cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slot_mapp
     kv_cache[1].view(-1, kvh, hd).index_copy_(0, slot_mapping, v)
 
 
-def _gather(cache: torch.Tensor, blocks: torch.Tensor, length: int) -> torch.Tensor:
-    """K or V of `blocks` ([..., n]) as [..., kv_heads, length, head_dim]."""
-    x = cache[blocks]  # [..., n, bs, kvh, hd]
-    x = x.flatten(-4, -3)[..., :length, :, :]
-    return x.transpose(-3, -2)
+def _gather(kv_cache: torch.Tensor, blocks: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """K and V of `blocks` ([..., n]) as two [..., kv_heads, length, head_dim] views of one gathered copy."""
+    x = kv_cache[:, blocks]  # [2, ..., n, bs, kvh, hd]: one index op for keys and values
+    x = x.flatten(-4, -3)[..., :length, :, :].transpose(-3, -2)
+    return x[0], x[1]
 
 
 def paged_attention(
@@ -53,7 +67,9 @@ def paged_attention(
 
     q: [tokens, heads, head_dim]; k, v: [tokens, kv_heads, head_dim]. Grouped-query attention is handled by
     folding the `heads // kv_heads` query heads that share a KV head into the query-length axis, so K/V are
-    never copied per head. Returns [tokens, heads, head_dim].
+    never copied per head. A prefill chunk with no earlier context (the common case: a new prompt without
+    prefix-cache hits) attends to its own k/v directly, causally, without reading the cache back.
+    Returns [tokens, heads, head_dim].
     """
     write_kv(kv_cache, k, v, meta.slot_mapping)
     heads, hd = q.shape[1], q.shape[2]
@@ -61,20 +77,30 @@ def paged_attention(
     group = heads // kvh
     out = torch.empty_like(q)
     bs, nd = meta.block_size, meta.num_decodes
-    if nd:
-        max_len = max(meta.context_lens_cpu[:nd])
-        blocks = meta.block_tables[:nd, : -(-max_len // bs)]
-        kc, vc = _gather(kv_cache[0], blocks, max_len), _gather(kv_cache[1], blocks, max_len)
-        mask = torch.arange(max_len, device=q.device)[None, :] < meta.context_lens[:nd, None]
-        qd = q[:nd].view(nd, kvh, group, hd)
-        out[:nd] = F.scaled_dot_product_attention(qd, kc, vc, attn_mask=mask[:, None, None, :]).reshape(
-            nd, heads, hd
+    for a, b in itertools.pairwise(meta.decode_groups or [0, nd]):
+        if a == b:
+            continue
+        max_len = max(meta.context_lens_cpu[a:b])
+        kc, vc = _gather(kv_cache, meta.block_tables[a:b, : -(-max_len // bs)], max_len)
+        mask = torch.arange(max_len, device=q.device)[None, :] < meta.context_lens[a:b, None]
+        qd = q[a:b].view(b - a, kvh, group, hd)
+        out[a:b] = F.scaled_dot_product_attention(qd, kc, vc, attn_mask=mask[:, None, None, :]).reshape(
+            b - a, heads, hd
         )
     for i in range(nd, meta.num_seqs):
         start, end = meta.query_start_loc[i], meta.query_start_loc[i + 1]
         ql, ctx = end - start, meta.context_lens_cpu[i]
-        blocks = meta.block_tables[i, : -(-ctx // bs)]
-        kc, vc = _gather(kv_cache[0], blocks, ctx), _gather(kv_cache[1], blocks, ctx)
+        if ql == ctx:
+            o = F.scaled_dot_product_attention(
+                q[start:end].transpose(0, 1),
+                k[start:end].transpose(0, 1),
+                v[start:end].transpose(0, 1),
+                is_causal=True,
+                enable_gqa=True,
+            )
+            out[start:end] = o.transpose(0, 1)
+            continue
+        kc, vc = _gather(kv_cache, meta.block_tables[i, : -(-ctx // bs)], ctx)
         # Query j sits at position ctx - ql + j and may see keys 0 .. ctx - ql + j (chunked prefill offset).
         qpos = torch.arange(ctx - ql, ctx, device=q.device)
         mask = torch.arange(ctx, device=q.device)[None, :] <= qpos[:, None]

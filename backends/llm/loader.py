@@ -12,7 +12,7 @@ from safetensors import safe_open
 
 from nereid.backends.llm.config import EngineConfig, ModelConfig
 from nereid.backends.llm.gguf_loader import GGUFCheckpoint
-from nereid.backends.llm.models.llama import LlamaForCausalLM, rope_inv_freq
+from nereid.backends.llm.models.llama import PACKED, LlamaForCausalLM, rope_inv_freq
 from nereid.backends.llm.tokenizer import Tokenizer
 
 
@@ -77,6 +77,7 @@ def build_model(
         if name.endswith("rotary_emb.inv_freq") or (cfg.tie_word_embeddings and name == "lm_head.weight"):
             continue
         state[name] = tensor.to(device=device, dtype=dtype)
+    pack(state, cfg.num_hidden_layers)
     expected = set(model.state_dict()) - ({"lm_head.weight"} if cfg.tie_word_embeddings else set())
     missing, unexpected = expected - set(state), set(state) - expected
     if missing or unexpected:
@@ -88,3 +89,14 @@ def build_model(
     model.tie_weights()
     model.inv_freq = rope_inv_freq(cfg).to(device)
     return model.eval()
+
+
+def pack(state: dict[str, torch.Tensor], num_layers: int) -> None:
+    """Stack each layer's checkpoint tensors into the model's fused projections (`PACKED`), in place.
+    A layer missing one of the parts is left alone, so the caller reports the missing tensor."""
+    for i in range(num_layers):
+        for fused, parts in PACKED.items():
+            for kind in ("weight", "bias"):
+                names = [f"model.layers.{i}.{part}.{kind}" for part in parts]
+                if all(name in state for name in names):
+                    state[f"model.layers.{i}.{fused}.{kind}"] = torch.cat([state.pop(n) for n in names])

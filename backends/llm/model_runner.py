@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from nereid.backends.llm.attention import AttentionMetadata
+from nereid.backends.llm.attention import AttentionMetadata, decode_groups
 from nereid.backends.llm.config import EngineConfig, ModelConfig
 from nereid.backends.llm.kv_cache import allocate_kv_cache
 from nereid.backends.llm.models.llama import LlamaForCausalLM
@@ -32,7 +32,7 @@ class ModelRunner:
     def prepare(
         self, batch: list[tuple[Sequence, int]]
     ) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata]:
-        """Flatten `batch` (single-token sequences must come first) into input ids, positions and metadata."""
+        """Flatten `batch` (single-token sequences first, by context length) into ids, positions and metadata."""
         bs = self.block_size
         ids: list[int] = []
         positions: list[int] = []
@@ -57,6 +57,7 @@ class ModelRunner:
             context_lens_cpu=ctx_lens,
             num_decodes=num_decodes,
             block_size=bs,
+            decode_groups=decode_groups(ctx_lens[:num_decodes]),
         )
         return (
             torch.tensor(ids, dtype=long, device=dev),
@@ -70,7 +71,8 @@ class ModelRunner:
 
         Returns `{seq_id: (token_id, logprobs)}`; sequences in the middle of a chunked prefill get nothing.
         """
-        batch = sorted(scheduled, key=lambda item: item[1] != 1)
+        # Decodes first, shortest context first (for `decode_groups`); then the prefill chunks.
+        batch = sorted(scheduled, key=lambda item: (item[1] != 1, item[0].num_computed_tokens))
         input_ids, positions, meta = self.prepare(batch)
         hidden = self.model(input_ids, positions, self.kv_cache, meta)
         done = [i for i, (seq, n) in enumerate(batch) if seq.num_computed_tokens + n == seq.num_tokens]

@@ -1,6 +1,8 @@
 """Llama-architecture decoder (also Mistral and Qwen2) over flattened token batches.
 
-Parameter names match Hugging Face's `LlamaForCausalLM`, so a checkpoint's state dict loads as is.
+Parameter names match Hugging Face's `LlamaForCausalLM`, except that each layer's q/k/v projections are one
+`qkv_proj` and gate/up one `gate_up_proj` (fewer, larger GEMMs per step); `PACKED` says how the loader
+stacks the checkpoint's tensors into them.
 """
 
 from __future__ import annotations
@@ -13,6 +15,12 @@ from torch import nn
 from nereid.backends.llm.attention import AttentionMetadata, paged_attention
 from nereid.backends.llm.config import ModelConfig
 
+PACKED = {
+    "self_attn.qkv_proj": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+    "mlp.gate_up_proj": ("mlp.gate_proj", "mlp.up_proj"),
+}
+"""Fused module → the checkpoint's modules whose weights (and biases) it stacks along the output dim."""
+
 
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float) -> None:
@@ -21,6 +29,8 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float32 and self.weight.dtype == torch.float32:  # one kernel, same math in fp32
+            return nn.functional.rms_norm(x, self.weight.shape, self.weight, self.eps)
         h = x.float()
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * h.to(x.dtype)
@@ -58,6 +68,8 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 class Attention(nn.Module):
+    """Q, K and V come from one fused `qkv_proj` (the checkpoint's q/k/v_proj, packed by the loader)."""
+
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.num_heads, self.num_kv_heads, self.head_dim = (
@@ -66,9 +78,8 @@ class Attention(nn.Module):
             cfg.head_dim,
         )
         h = cfg.hidden_size
-        self.q_proj = nn.Linear(h, self.num_heads * self.head_dim, bias=cfg.qkv_bias)
-        self.k_proj = nn.Linear(h, self.num_kv_heads * self.head_dim, bias=cfg.qkv_bias)
-        self.v_proj = nn.Linear(h, self.num_kv_heads * self.head_dim, bias=cfg.qkv_bias)
+        qkv = (self.num_heads + 2 * self.num_kv_heads) * self.head_dim
+        self.qkv_proj = nn.Linear(h, qkv, bias=cfg.qkv_bias)
         self.o_proj = nn.Linear(self.num_heads * self.head_dim, h, bias=cfg.o_bias)
 
     def forward(
@@ -79,25 +90,26 @@ class Attention(nn.Module):
         kv_cache: torch.Tensor,
         meta: AttentionMetadata,
     ) -> torch.Tensor:
-        n = x.shape[0]
-        q = self.q_proj(x).view(n, self.num_heads, self.head_dim)
-        k = self.k_proj(x).view(n, self.num_kv_heads, self.head_dim)
-        v = self.v_proj(x).view(n, self.num_kv_heads, self.head_dim)
-        q = q * cos + rotate_half(q) * sin
-        k = k * cos + rotate_half(k) * sin
+        n, heads, kvh = x.shape[0], self.num_heads, self.num_kv_heads
+        qkv = self.qkv_proj(x).view(n, heads + 2 * kvh, self.head_dim)
+        qk = qkv[:, : heads + kvh]
+        qk = qk * cos + rotate_half(qk) * sin  # queries and keys rotated together
+        q, k, v = qk[:, :heads], qk[:, heads:], qkv[:, heads + kvh :]
         return self.o_proj(paged_attention(q, k, v, kv_cache, meta).view(n, -1))
 
 
 class MLP(nn.Module):
+    """SwiGLU with the checkpoint's gate_proj and up_proj packed into one `gate_up_proj`."""
+
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         h, i = cfg.hidden_size, cfg.intermediate_size
-        self.gate_proj = nn.Linear(h, i, bias=cfg.mlp_bias)
-        self.up_proj = nn.Linear(h, i, bias=cfg.mlp_bias)
+        self.gate_up_proj = nn.Linear(h, 2 * i, bias=cfg.mlp_bias)
         self.down_proj = nn.Linear(i, h, bias=cfg.mlp_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(nn.functional.silu(self.gate_proj(x)) * self.up_proj(x))
+        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        return self.down_proj(nn.functional.silu(gate) * up)
 
 
 class DecoderLayer(nn.Module):
