@@ -1,18 +1,30 @@
 """Issue 6: the LLM engine against transformers, on SmolLM2-135M, with mixed prompt and output lengths.
 
-    python bench/llm.py [--quick] [--json out.json] [--concurrency 1,8,32] [--threads N]
-                        [--systems nereid,static,sequential] [--kv-cache-bytes 512MiB] [--profile DIR]
+    python bench/llm.py [--workload short|sharegpt] [--quick] [--json out.json] [--concurrency 1,8,32]
+                        [--threads N] [--systems nereid,static,sequential] [--kv-cache-bytes 512MiB]
+                        [--param KEY=VALUE ...] [--profile DIR]
 
-One fixed-seed workload (prompts of 16-256 random token ids, ``max_tokens`` 16-64, EOS ignored so every
-request generates exactly ``max_tokens``) is run, in this one process and run, by three systems at each
-concurrency ``c``:
+Two fixed-seed workloads (``--workload``; EOS ignored so every request generates exactly ``max_tokens``):
+
+- **short** (the default): prompts of 16-256 random token ids and ``max_tokens`` 16-64, both uniform.
+  Prefill-heavy; static batching wastes little on outputs this even.
+- **sharegpt**: decode-heavy, shaped like the ShareGPT conversations vLLM benchmarks with (heavy-tailed
+  prompt and output lengths), scaled to about 0.4x of ShareGPT's means so that a run fits on 2 vCPUs:
+  lognormal lengths, sigma 1.0, medians 64 (prompt) and 48 (output), clipped to 4-512. Over many draws
+  prompts have mean 101 / median 64 / max 512 and outputs mean 77 / median 48 / max 512; the 64
+  requests of c=32 have prompts 107 / 72 / 436 and outputs 67 / 46 / 512 (mean / median / max). Up
+  to 64 requests per level, so static batching at c=32 runs two batches, each as long as its longest
+  output.
+
+Each workload is run, in this one process and run, by three systems at each concurrency ``c``:
 
 - **nereid**: ``nereid serve --model-repository model_repository --model-control-mode explicit
   --load-model smollm2`` as a subprocess on free loopback ports, driven through the OpenAI-compatible
   ``/v1/completions`` with ``stream: true`` by an asyncio (aiohttp) closed loop: ``c`` requests outstanding
   until the level's requests are done. Every SSE chunk's arrival time is recorded. ``logprobs: 0`` is
   asked for so that every token travels as its own chunk (a token whose text is empty, or held back as a
-  partial UTF-8 character, would otherwise arrive merged with the next one).
+  partial UTF-8 character, would otherwise arrive merged with the next one). ``--param`` (and
+  ``--kv-cache-bytes``) serve a temporary copy of the example config with parameters changed.
 - **static**: ``transformers`` ``generate()`` on batches of ``c`` requests, left-padded to the batch's
   longest prompt, greedy, running until the batch's largest ``max_tokens``; a request's tokens count only
   up to its own ``max_tokens``. TTFT is the time from the batch's start to its first token.
@@ -23,11 +35,13 @@ concurrency ``c``:
 
 Both transformers baselines load the same GGUF with ``AutoModelForCausalLM.from_pretrained(dir,
 gguf_file=...)`` in float32 (or, without ``accelerate``, transformers' own GGUF reader) and time each
-token with a ``generate()`` streamer. Requests of level ``c`` are the first ``min(max(8, 2c), 32)`` of one
-list of lengths; each level draws its own random prompt tokens (same lengths), so Nereid's prefix cache
-never reuses another level's blocks. ITL percentiles are over every gap between consecutive tokens of
-every request (the streamer gives the baselines' real gaps too); TPOT, ``(e2e - ttft) / (n - 1)`` per
-request, is in the JSON.
+token with a ``generate()`` streamer. Requests of level ``c`` are the first ``min(max(8, 2c), N)`` of one
+list of lengths (N = 32 for short, 64 for sharegpt); each level draws its own random prompt tokens (same
+lengths), so Nereid's prefix cache never reuses another level's blocks. ITL percentiles are over every gap
+between consecutive tokens of every request (the streamer gives the baselines' real gaps too); TPOT,
+``(e2e - ttft) / (n - 1)`` per request, is in the JSON. A full run of the short workload takes ~6 min
+here; the sharegpt workload at c=32 takes ~17 min with all three systems, so run it as ``--systems
+nereid,static`` (~10 min) and ``--systems sequential`` (~7 min).
 
 KV-cache waste (allocated but unused token slots over allocated slots) is reported two ways:
 
@@ -49,6 +63,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import importlib.util
 import itertools
 import json
@@ -96,11 +111,17 @@ class Request:
 
 @dataclass(frozen=True)
 class Workload:
+    """Request lengths: uniform over the ranges, or lognormal around the medians (clipped to the ranges)
+    when ``prompt_median`` / ``output_median`` are set."""
+
     prompt_range: tuple[int, int]
     output_range: tuple[int, int]
     min_requests: int = 8
     max_requests: int = 32
     seed: int = 0
+    prompt_median: int | None = None
+    output_median: int | None = None
+    sigma: float = 1.0
 
     def requests_at(self, concurrency: int) -> int:
         return min(max(self.min_requests, 2 * concurrency), max(self.max_requests, concurrency))
@@ -108,7 +129,14 @@ class Workload:
     def lengths(self, n: int) -> list[tuple[int, int]]:
         """(prompt tokens, max_tokens) of the first ``n`` requests; a longer list starts with a shorter one."""
         rng = random.Random(self.seed)
-        return [(rng.randint(*self.prompt_range), rng.randint(*self.output_range)) for _ in range(n)]
+
+        def draw(span: tuple[int, int], median: int | None) -> int:
+            if median is None:
+                return rng.randint(*span)
+            return min(max(round(rng.lognormvariate(math.log(median), self.sigma)), span[0]), span[1])
+
+        return [(draw(self.prompt_range, self.prompt_median), draw(self.output_range, self.output_median))
+                for _ in range(n)]  # fmt: skip
 
     def level(self, concurrency: int) -> list[Request]:
         """The requests of one level: the common lengths, with prompt tokens drawn for this level only."""
@@ -117,6 +145,37 @@ class Workload:
             Request([rng.randrange(*TOKEN_RANGE) for _ in range(p)], m)
             for p, m in self.lengths(self.requests_at(concurrency))
         ]
+
+    def describe(self, n: int) -> dict[str, Any]:
+        """Mean, median and max of the prompt and output lengths of the first ``n`` requests."""
+        lengths = self.lengths(n)
+        stats: dict[str, Any] = {}
+        for name, values in (("prompt", [p for p, _ in lengths]), ("output", [m for _, m in lengths])):
+            stats[name] = {
+                "mean": round(sum(values) / len(values), 1),
+                "median": percentile(sorted(values), 50),
+                "max": max(values),
+            }
+        return stats
+
+
+WORKLOADS = {
+    # Prefill-heavy: short uniform outputs; static batching wastes little on them.
+    "short": Workload(prompt_range=(16, 256), output_range=(16, 64)),
+    # Decode-heavy, shaped like the ShareGPT conversations vLLM benchmarks with (heavy-tailed prompt and
+    # output lengths), scaled to about 0.4x of ShareGPT's means (~217 prompt / ~199 output tokens with a
+    # Llama tokenizer) so that a run fits on 2 vCPUs: lognormal, sigma 1.0, medians 64 (prompt) and 48
+    # (output), clipped to 4-512. Over many draws: prompts mean 101, median 64; outputs mean 77,
+    # median 48, max 512. Up to 64 requests per level, so c=32 runs two static batches.
+    "sharegpt": Workload(
+        prompt_range=(4, 512),
+        output_range=(4, 512),
+        max_requests=64,
+        prompt_median=64,
+        output_median=48,
+        sigma=1.0,
+    ),
+}
 
 
 # ---- per-request traces and their summary --------------------------------------------------------
@@ -328,21 +387,21 @@ def example_parameters() -> dict[str, str]:
     return dict(re.findall(r'key:\s*"(\w+)"\s*value:\s*\{\s*string_value:\s*"([^"]*)"', text))
 
 
-def repository(kv_cache_bytes: str | None) -> tuple[Path, tempfile.TemporaryDirectory[str] | None]:
-    """The example repository, or a temporary copy of its smollm2 folder with another KV-cache size."""
-    if kv_cache_bytes is None:
+def repository(overrides: dict[str, str]) -> tuple[Path, tempfile.TemporaryDirectory[str] | None]:
+    """The example repository, or a temporary copy of its smollm2 folder with some parameters changed."""
+    if not overrides:
         return ROOT / "model_repository", None
     tmp = tempfile.TemporaryDirectory(prefix="nereid-llm-bench-")
     dest = Path(tmp.name) / MODEL
     shutil.copytree(ROOT / "model_repository" / MODEL, dest)
     config = dest / "config.pbtxt"
-    text, n = re.subn(
-        r'(key:\s*"kv_cache_bytes"\s*value:\s*\{\s*string_value:\s*")[^"]*(")',
-        rf"\g<1>{kv_cache_bytes}\g<2>",
-        config.read_text(),
-    )
-    if n != 1:
-        raise RuntimeError("config.pbtxt has no kv_cache_bytes parameter to override")
+    text = config.read_text()
+    for key, value in overrides.items():
+        text, n = re.subn(
+            rf'(key:\s*"{key}"\s*value:\s*\{{\s*string_value:\s*")[^"]*(")', rf"\g<1>{value}\g<2>", text
+        )
+        if n == 0:
+            text += f'parameters {{ key: "{key}" value: {{ string_value: "{value}" }} }}\n'
     config.write_text(text)
     return Path(tmp.name), tmp
 
@@ -834,18 +893,31 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--workload", choices=sorted(WORKLOADS), default="short", help="request lengths (see WORKLOADS)"
+    )
     parser.add_argument("--quick", action="store_true", help="shorter prompts and outputs, fewer requests")
     parser.add_argument("--concurrency", default="1,8,32")
     parser.add_argument("--systems", default=",".join(SYSTEMS))
-    parser.add_argument("--prompt-tokens", default=None, help="LOW-HIGH (default 16-256; quick 16-128)")
-    parser.add_argument("--max-tokens", default=None, help="LOW-HIGH (default 16-64; quick 8-32)")
+    parser.add_argument("--prompt-tokens", default=None, help="LOW-HIGH (short: 16-256; quick 16-128)")
+    parser.add_argument("--max-tokens", default=None, help="LOW-HIGH (short: 16-64; quick 8-32)")
     parser.add_argument("--min-requests", type=int, default=None, help="per level (default 8; quick 4)")
     parser.add_argument(
-        "--max-requests", type=int, default=32, help="per level, unless below the concurrency"
+        "--max-requests",
+        type=int,
+        default=None,
+        help="per level, unless below the concurrency (32; sharegpt 64)",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--kv-cache-bytes", default=None, help="serve a copy of the example config with this KV size"
+    )
+    parser.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="serve a copy of the example config with this parameter set (repeatable)",
     )
     parser.add_argument(
         "--profile", type=Path, default=None, help="py-spy the server at the largest level into DIR"
@@ -866,11 +938,14 @@ def main(argv: list[str] | None = None) -> int:
         low, high = (int(x) for x in text.split("-"))
         return low, high
 
-    workload = Workload(
-        prompt_range=span(args.prompt_tokens, (16, 128) if args.quick else (16, 256)),
-        output_range=span(args.max_tokens, (8, 32) if args.quick else (16, 64)),
-        min_requests=args.min_requests or (4 if args.quick else 8),
-        max_requests=args.max_requests,
+    base = WORKLOADS[args.workload]
+    quick = args.quick and args.workload == "short"
+    workload = dataclasses.replace(
+        base,
+        prompt_range=span(args.prompt_tokens, (16, 128) if quick else base.prompt_range),
+        output_range=span(args.max_tokens, (8, 32) if quick else base.output_range),
+        min_requests=args.min_requests or (4 if args.quick else base.min_requests),
+        max_requests=args.max_requests or (32 if args.quick else base.max_requests),
         seed=args.seed,
     )
     levels = [int(c) for c in args.concurrency.split(",")]
@@ -889,15 +964,18 @@ def main(argv: list[str] | None = None) -> int:
             "platform": platform.platform(),
             "python": platform.python_version(),
         },
-        "workload": asdict(workload),
+        "workload": {"name": args.workload, **asdict(workload)},
+        "lengths": workload.describe(workload.requests_at(max(levels))),
         "requests_per_level": {c: workload.requests_at(c) for c in levels},
         "config": example_parameters(),
         "threads": args.threads or "torch default",
     }
     say(f"{meta['started']}  {meta['uptime_before']}")
-    repo, tmp = repository(args.kv_cache_bytes)
+    overrides = dict(item.split("=", 1) for item in args.param)
     if args.kv_cache_bytes:
-        meta["config"]["kv_cache_bytes"] = args.kv_cache_bytes
+        overrides["kv_cache_bytes"] = args.kv_cache_bytes
+    repo, tmp = repository(overrides)
+    meta["config"].update(overrides)
     if args.threads is not None:
         os.environ["OMP_NUM_THREADS"] = str(args.threads)  # inherited by the server subprocess
     server = Server(repo) if "nereid" in systems else None
@@ -1028,7 +1106,7 @@ def main(argv: list[str] | None = None) -> int:
     meta["uptime_after"] = uptime()
     meta["total_s"] = round(time.perf_counter() - began, 1)
     print(
-        f"SmolLM2-135M fp32, prompts {workload.prompt_range}, max_tokens {workload.output_range} (ignore_eos), "
+        f"SmolLM2-135M fp32, workload {args.workload} {meta['lengths']} (ignore_eos), "
         f"requests per level {meta['requests_per_level']}; {meta['uptime_before']}"
     )
     print(format_rows(rows))

@@ -113,3 +113,27 @@ def test_continuous_ceiling_from_static_costs() -> None:
     # 150 real prompt tokens at 100/s, then 12 tokens in 6 full steps of 0.5 s.
     assert ceiling["seconds"] == 4.5
     assert ceiling["prefill_share"] == pytest.approx(1.5 / 4.5, abs=1e-3)
+
+
+def test_sharegpt_workload_is_heavy_tailed_and_nested() -> None:
+    w = llm.WORKLOADS["sharegpt"]
+    assert [w.requests_at(c) for c in (1, 8, 32)] == [8, 16, 64]
+    lengths = w.lengths(64)
+    assert lengths[:16] == w.lengths(16)
+    assert all(4 <= p <= 512 and 4 <= m <= 512 for p, m in lengths)
+    stats = w.describe(64)
+    assert stats["output"]["max"] >= 4 * stats["output"]["median"]  # a long tail, unlike the short workload
+    assert stats["output"]["mean"] > stats["output"]["median"]
+    assert llm.WORKLOADS["short"] == llm.Workload(prompt_range=(16, 256), output_range=(16, 64))
+
+
+def test_repository_overrides_copy_the_example_config(tmp_path) -> None:
+    repo, tmp = llm.repository({"block_size": "4", "seed": "7"})
+    try:
+        text = (repo / llm.MODEL / "config.pbtxt").read_text()
+        assert 'key: "block_size" value: { string_value: "4" }' in text
+        assert 'key: "seed" value: { string_value: "7" }' in text  # absent from the example: appended
+    finally:
+        assert tmp is not None
+        tmp.cleanup()
+    assert llm.repository({}) == (llm.ROOT / "model_repository", None)
