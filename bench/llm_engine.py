@@ -29,12 +29,15 @@ llm = importlib.util.module_from_spec(_spec)
 sys.modules[_spec.name] = llm
 _spec.loader.exec_module(llm)
 
+import llm_nereid  # noqa: E402  (on sys.path once bench/llm.py is loaded)
+import llm_workload  # noqa: E402  (on sys.path once bench/llm.py is loaded)
+
 
 def engine_config(overrides: dict[str, Any]) -> Any:
     from nereid.backends.llm import serving
     from nereid.backends.llm.config import EngineConfig
 
-    params = llm.example_parameters()
+    params = llm_nereid.example_parameters()
     values: dict[str, Any] = {"model": str(serving.resolve_path(params["model"], _BENCH))}
     for key, text in params.items():
         if key in serving._PARSERS:
@@ -48,7 +51,7 @@ def run_level(engine: Any, requests: list[Any], concurrency: int) -> dict[str, A
 
     bm = engine.block_manager
     pending = list(enumerate(requests))[::-1]
-    samples = llm.WasteSamples(bm.block_size)
+    samples = llm_workload.WasteSamples(bm.block_size)
     steps: list[tuple[int, int, float]] = []  # (sequences, tokens, seconds)
     tokens = 0
 
@@ -99,7 +102,9 @@ def decode_steps(engine: Any, batch: int, context: int = 128, steps: int = 24) -
     rng = random.Random(batch)
     params = SamplingParams(temperature=0.0, max_tokens=steps + 1, ignore_eos=True)
     for i in range(batch):
-        engine.add_request(f"d{batch}-{i}", [rng.randrange(*llm.TOKEN_RANGE) for _ in range(context)], params)
+        engine.add_request(
+            f"d{batch}-{i}", [rng.randrange(*llm_workload.TOKEN_RANGE) for _ in range(context)], params
+        )
     while any(s.num_computed_tokens < s.num_prompt_tokens for s in engine.scheduler.running) or (
         engine.scheduler.waiting
     ):
@@ -114,7 +119,7 @@ def decode_steps(engine: Any, batch: int, context: int = 128, steps: int = 24) -
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--workload", choices=sorted(llm.WORKLOADS), default="short")
+    parser.add_argument("--workload", choices=sorted(llm_workload.WORKLOADS), default="short")
     parser.add_argument("--concurrency", default="32")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--block-size", type=int, default=None)
@@ -142,8 +147,8 @@ def main(argv: list[str] | None = None) -> int:
         }
     )
     engine = LLMEngine(config)
-    workload = llm.WORKLOADS[args.workload]
-    warm = [llm.Request(list(range(300 + 40 * i, 340 + 40 * i)), 4) for i in range(4)]
+    workload = llm_workload.WORKLOADS[args.workload]
+    warm = [llm_workload.Request(list(range(300 + 40 * i, 340 + 40 * i)), 4) for i in range(4)]
     run_level(engine, warm, 4)
     meta = {
         "uptime_before": llm.uptime(),

@@ -18,17 +18,21 @@ llm = importlib.util.module_from_spec(_spec)
 sys.modules[_spec.name] = llm
 _spec.loader.exec_module(llm)
 
+import llm_hf  # noqa: E402  (on sys.path once bench/llm.py is loaded)
+import llm_nereid  # noqa: E402  (on sys.path once bench/llm.py is loaded)
+import llm_workload  # noqa: E402  (on sys.path once bench/llm.py is loaded)
+
 
 def test_kv_waste_counts_unused_slots_of_allocated_blocks() -> None:
     # 17 tokens in 2 blocks of 16 (15 unused), 32 tokens in 2 blocks (0 unused): 15 of 64 slots.
-    waste, bound = llm.kv_waste([17, 32], allocated_blocks=4, block_size=16)
+    waste, bound = llm_workload.kv_waste([17, 32], allocated_blocks=4, block_size=16)
     assert waste == pytest.approx(15 / 64)
     assert bound == pytest.approx(2 * 15 / 64)
-    assert llm.kv_waste([], 0, 16) == (0.0, 0.0)
+    assert llm_workload.kv_waste([], 0, 16) == (0.0, 0.0)
 
 
 def test_waste_samples_weight_every_slot() -> None:
-    samples = llm.WasteSamples(block_size=16)
+    samples = llm_workload.WasteSamples(block_size=16)
     samples.add([1], 1)  # 15 of 16 unused
     samples.add([16, 16, 16], 3)  # none unused
     s = samples.summary()
@@ -41,7 +45,7 @@ def test_waste_samples_weight_every_slot() -> None:
 @pytest.mark.parametrize("num_blocks", [40, 400])
 def test_replay_stays_within_the_paged_bound(num_blocks: int) -> None:
     lengths = [(20, 10), (33, 5), (64, 16), (7, 30), (100, 3), (16, 16)]
-    rep = llm.replay_kv(lengths, concurrency=4, num_blocks=num_blocks, block_size=16, max_num_seqs=4,
+    rep = llm_workload.replay_kv(lengths, concurrency=4, num_blocks=num_blocks, block_size=16, max_num_seqs=4,
                         max_num_batched_tokens=64)  # fmt: skip
     assert 0 <= rep["waste"] <= rep["bound"]
     assert rep["waste_max"] < 1
@@ -53,14 +57,16 @@ def test_replay_stays_within_the_paged_bound(num_blocks: int) -> None:
 def test_replay_single_sequence_matches_arithmetic() -> None:
     # One sequence, prompt 16 (one full block), 3 tokens: after the steps it holds 16, 17, 18 computed tokens
     # (the sampled token of the last step finishes it and frees its blocks before the sample is taken).
-    rep = llm.replay_kv([(16, 3)], concurrency=1, num_blocks=8, block_size=16, max_num_batched_tokens=64)
+    rep = llm_workload.replay_kv(
+        [(16, 3)], concurrency=1, num_blocks=8, block_size=16, max_num_batched_tokens=64
+    )
     assert rep["steps"] == 3
     assert rep["samples"] == 2  # none once nothing runs
     assert rep["waste"] == pytest.approx(1 - (16 + 17) / (16 + 32), abs=1e-4)
 
 
 def test_workload_is_fixed_nested_and_fresh_per_level() -> None:
-    w = llm.Workload(prompt_range=(16, 256), output_range=(16, 64), seed=3)
+    w = llm_workload.Workload(prompt_range=(16, 256), output_range=(16, 64), seed=3)
     assert [w.requests_at(c) for c in (1, 8, 32, 64)] == [8, 16, 32, 64]
     one, eight = w.level(1), w.level(8)
     assert [(len(r.prompt), r.max_tokens) for r in one] == [(len(r.prompt), r.max_tokens) for r in eight[:8]]
@@ -70,9 +76,9 @@ def test_workload_is_fixed_nested_and_fresh_per_level() -> None:
 
 
 def test_sequential_closed_loop_queues_behind_the_server() -> None:
-    reqs = [llm.Request([1] * 4, 2)] * 3
-    services = [llm.Service([1.0, 2.0], 2.0)] * 3
-    traces, seconds = llm.sequential_level(services, reqs, concurrency=2)
+    reqs = [llm_workload.Request([1] * 4, 2)] * 3
+    services = [llm_hf.Service([1.0, 2.0], 2.0)] * 3
+    traces, seconds = llm_hf.sequential_level(services, reqs, concurrency=2)
     assert seconds == 6.0
     assert [t.ttft for t in traces] == [
         1.0,
@@ -80,7 +86,7 @@ def test_sequential_closed_loop_queues_behind_the_server() -> None:
         3.0,
     ]  # the 2nd waits 2 s; the 3rd is sent at 2 and starts at 4
     assert [t.token_times for t in traces] == [[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]]
-    row = llm.summarize("sequential", 2, traces, seconds)
+    row = llm_workload.summarize("sequential", 2, traces, seconds)
     assert row["tokens"] == 6 and row["tokens_per_s"] == 1.0
     assert row["itl_p50_ms"] == 1000.0 and row["ttft_p99_ms"] == 3000.0
 
@@ -92,7 +98,7 @@ def test_parse_metrics_reads_the_model_series() -> None:
         'nereid_llm_generation_tokens_total{model="smollm2",version="1"} 12.0\n'
         'nereid_llm_generation_tokens_total{model="other",version="1"} 99.0\n'
     )
-    assert llm.parse_metrics(text) == {
+    assert llm_nereid.parse_metrics(text) == {
         "nereid_llm_kv_cache_usage_perc": 0.5,
         "nereid_llm_generation_tokens_total": 12.0,
     }
@@ -101,13 +107,13 @@ def test_parse_metrics_reads_the_model_series() -> None:
 def test_continuous_ceiling_from_static_costs() -> None:
     # Two full batches of 2: 100 padded prompt tokens prefilled in 1 s each, decode steps of 0.5 s.
     reqs = [
-        llm.Request([1] * 30, 4),
-        llm.Request([1] * 50, 2),
-        llm.Request([1] * 20, 4),
-        llm.Request([1] * 50, 2),
+        llm_workload.Request([1] * 30, 4),
+        llm_workload.Request([1] * 50, 2),
+        llm_workload.Request([1] * 20, 4),
+        llm_workload.Request([1] * 50, 2),
     ]
     batches = [{"size": 2, "padded_prompt_tokens": 100, "ttft": 1.0, "steps": [0.5, 0.5, 0.5]}] * 2
-    ceiling = llm.continuous_ceiling(reqs, 2, batches)
+    ceiling = llm_hf.continuous_ceiling(reqs, 2, batches)
     assert ceiling["prefill_tokens_per_s"] == 100.0
     assert ceiling["decode_step_ms"] == 500.0
     # 150 real prompt tokens at 100/s, then 12 tokens in 6 full steps of 0.5 s.
@@ -116,7 +122,7 @@ def test_continuous_ceiling_from_static_costs() -> None:
 
 
 def test_sharegpt_workload_is_heavy_tailed_and_nested() -> None:
-    w = llm.WORKLOADS["sharegpt"]
+    w = llm_workload.WORKLOADS["sharegpt"]
     assert [w.requests_at(c) for c in (1, 8, 32)] == [8, 16, 64]
     lengths = w.lengths(64)
     assert lengths[:16] == w.lengths(16)
@@ -124,16 +130,18 @@ def test_sharegpt_workload_is_heavy_tailed_and_nested() -> None:
     stats = w.describe(64)
     assert stats["output"]["max"] >= 4 * stats["output"]["median"]  # a long tail, unlike the short workload
     assert stats["output"]["mean"] > stats["output"]["median"]
-    assert llm.WORKLOADS["short"] == llm.Workload(prompt_range=(16, 256), output_range=(16, 64))
+    assert llm_workload.WORKLOADS["short"] == llm_workload.Workload(
+        prompt_range=(16, 256), output_range=(16, 64)
+    )
 
 
 def test_repository_overrides_copy_the_example_config(tmp_path) -> None:
-    repo, tmp = llm.repository({"block_size": "4", "seed": "7"})
+    repo, tmp = llm_nereid.repository({"block_size": "4", "seed": "7"})
     try:
-        text = (repo / llm.MODEL / "config.pbtxt").read_text()
+        text = (repo / llm_workload.MODEL / "config.pbtxt").read_text()
         assert 'key: "block_size" value: { string_value: "4" }' in text
         assert 'key: "seed" value: { string_value: "7" }' in text  # absent from the example: appended
     finally:
         assert tmp is not None
         tmp.cleanup()
-    assert llm.repository({}) == (llm.ROOT / "model_repository", None)
+    assert llm_nereid.repository({}) == (llm_workload.ROOT / "model_repository", None)

@@ -1,0 +1,246 @@
+"""bench/llm.py's Nereid side: a `nereid serve` subprocess on the example config, driven through the OpenAI
+streaming API by a closed loop, with live KV-waste samples from `/metrics`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+from llm_workload import MODEL, ROOT, Request, Trace, WasteSamples
+
+# ---- the Nereid server ---------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def example_parameters() -> dict[str, str]:
+    text = (ROOT / "model_repository" / MODEL / "config.pbtxt").read_text()
+    return dict(re.findall(r'key:\s*"(\w+)"\s*value:\s*\{\s*string_value:\s*"([^"]*)"', text))
+
+
+def repository(overrides: dict[str, str]) -> tuple[Path, tempfile.TemporaryDirectory[str] | None]:
+    """The example repository, or a temporary copy of its smollm2 folder with some parameters changed."""
+    if not overrides:
+        return ROOT / "model_repository", None
+    tmp = tempfile.TemporaryDirectory(prefix="nereid-llm-bench-")
+    dest = Path(tmp.name) / MODEL
+    shutil.copytree(ROOT / "model_repository" / MODEL, dest)
+    config = dest / "config.pbtxt"
+    text = config.read_text()
+    for key, value in overrides.items():
+        text, n = re.subn(
+            rf'(key:\s*"{key}"\s*value:\s*\{{\s*string_value:\s*")[^"]*(")', rf"\g<1>{value}\g<2>", text
+        )
+        if n == 0:
+            text += f'parameters {{ key: "{key}" value: {{ string_value: "{value}" }} }}\n'
+    config.write_text(text)
+    return Path(tmp.name), tmp
+
+
+class Server:
+    """``nereid serve`` restricted to smollm2, in its own session, ready when ``/v2/health/ready`` is 200."""
+
+    def __init__(self, repo: Path) -> None:
+        self.ports = {"http": free_port(), "grpc": free_port(), "metrics": free_port()}
+        self.args = [
+            sys.executable,
+            "-m",
+            "nereid.server.cli",
+            "serve",
+            f"--model-repository={repo}",
+            "--http-address=127.0.0.1",
+            f"--http-port={self.ports['http']}",
+            f"--grpc-port={self.ports['grpc']}",
+            f"--metrics-port={self.ports['metrics']}",
+            "--allow-grpc=false",
+            "--model-control-mode=explicit",
+            f"--load-model={MODEL}",
+        ]
+        self.log = tempfile.NamedTemporaryFile("w+", prefix="nereid-llm-bench-", suffix=".log")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            self.args, stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True
+        )
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.ports['http']}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports['metrics']}/metrics"
+
+    def wait_ready(self, timeout: float = 300.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the server exited with {self.proc.returncode}:\n{self.output()}")
+            try:
+                with urllib.request.urlopen(f"{self.base}/v2/health/ready", timeout=5):
+                    return
+            except OSError:
+                time.sleep(0.5)
+        raise RuntimeError(f"the server was not ready after {timeout:.0f}s:\n{self.output()}")
+
+    def output(self) -> str:
+        self.log.flush()
+        self.log.seek(0)
+        return self.log.read()
+
+    def num_kv_blocks(self) -> tuple[int, int]:
+        """(blocks, block size) from the backend's 'engine ready' log line."""
+        found = re.search(r"(\d+) KV blocks of (\d+) tokens", self.output())
+        if found is None:
+            raise RuntimeError("the server log has no 'N KV blocks of B tokens' line")
+        return int(found.group(1)), int(found.group(2))
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
+_METRIC = re.compile(r'^(nereid_llm_\w+)\{model="' + MODEL + r'",version="1"\} (\S+)$', re.M)
+
+
+def parse_metrics(text: str) -> dict[str, float]:
+    return {name: float(value) for name, value in _METRIC.findall(text)}
+
+
+class LiveState:
+    """What the client knows of the requests of one level, for the KV-waste samples."""
+
+    def __init__(self) -> None:
+        self.prompt: dict[int, int] = {}
+        self.received: dict[int, int] = {}
+        self.finished: set[int] = set()
+        self.total = 0
+
+    def running_tokens(self) -> list[int]:
+        """Tokens whose KV a running request holds after the step that sent its last token."""
+        return [self.prompt[i] + k - 1 for i, k in self.received.items() if k and i not in self.finished]
+
+
+async def sample_kv(
+    session: Any, server: Server, state: LiveState, samples: WasteSamples, stop: asyncio.Event, base: dict
+) -> None:
+    num_blocks, _ = server.num_kv_blocks()
+    while not stop.is_set():
+        async with session.get(server.metrics_url) as resp:
+            m = parse_metrics(await resp.text())
+        running = state.running_tokens()  # snapshot right after the scrape arrived
+        generated = m.get("nereid_llm_generation_tokens_total", -1) - base["generated"]
+        if generated == state.total and m.get("nereid_llm_num_requests_running") == len(running) and running:
+            samples.add(running, round(m["nereid_llm_kv_cache_usage_perc"] * num_blocks))
+        else:
+            samples.skipped += 1
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 0.5)
+
+
+async def nereid_level(
+    server: Server, requests: list[Request], concurrency: int, state: LiveState | None = None
+) -> tuple[list[Trace], float, dict[str, Any]]:
+    """The closed loop over the OpenAI streaming API; returns traces, wall seconds and KV-waste samples."""
+    import aiohttp
+    import orjson
+
+    state = state or LiveState()
+    url = f"{server.base}/v1/completions"
+    traces: list[Trace | None] = [None] * len(requests)
+    queue = deque(enumerate(requests))
+    clock = time.perf_counter
+    connector = aiohttp.TCPConnector(limit=concurrency + 1)
+    timeout = aiohttp.ClientTimeout(total=None, sock_read=600)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        async with session.get(server.metrics_url) as resp:
+            m0 = parse_metrics(await resp.text())
+        base = {"generated": m0.get("nereid_llm_generation_tokens_total", 0.0)}
+        samples = WasteSamples(server.num_kv_blocks()[1])
+
+        async def one(index: int, req: Request) -> Trace:
+            body = {
+                "model": MODEL,
+                "prompt": req.prompt,
+                "max_tokens": req.max_tokens,
+                "temperature": 0,
+                "ignore_eos": True,
+                "stream": True,
+                "logprobs": 0,
+            }
+            state.prompt[index], state.received[index] = len(req.prompt), 0
+            trace = Trace(clock(), [], len(req.prompt), req.max_tokens)
+            async with session.post(
+                url, data=orjson.dumps(body), headers={"content-type": "application/json"}
+            ) as r:
+                if r.status != 200:
+                    raise RuntimeError(f"HTTP {r.status}: {(await r.read())[:300]!r}")
+                async for line in r.content:
+                    if not line.startswith(b"data: "):
+                        continue
+                    data = line[6:].strip()
+                    if data == b"[DONE]":
+                        break
+                    now = clock()
+                    chunk = orjson.loads(data)
+                    if "error" in chunk:
+                        raise RuntimeError(f"stream error: {chunk['error']}")
+                    for choice in chunk.get("choices") or ():
+                        n = len((choice.get("logprobs") or {}).get("tokens") or ()) or int(
+                            bool(choice.get("text"))
+                        )
+                        trace.token_times += [now] * n
+                        state.received[index] += n
+                        state.total += n
+            state.finished.add(index)
+            return trace
+
+        async def worker() -> None:
+            while queue:
+                index, req = queue.popleft()
+                traces[index] = await one(index, req)
+
+        stop = asyncio.Event()
+        sampler = asyncio.create_task(sample_kv(session, server, state, samples, stop, base))
+        start = clock()
+        try:
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
+        finally:
+            seconds = clock() - start
+            stop.set()
+            await asyncio.gather(sampler, return_exceptions=True)
+        async with session.get(server.metrics_url) as resp:
+            m1 = parse_metrics(await resp.text())
+    counters = {
+        "preemptions": int(
+            m1.get("nereid_llm_num_preemptions_total", 0) - m0.get("nereid_llm_num_preemptions_total", 0)
+        ),
+        "prefix_cache_hit_tokens": int(
+            m1.get("nereid_llm_prefix_cache_hits_total", 0) - m0.get("nereid_llm_prefix_cache_hits_total", 0)
+        ),
+    }
+    for t in traces:
+        assert t is not None
+        t.submitted -= start
+        t.token_times = [x - start for x in t.token_times]
+    return [t for t in traces if t is not None], seconds, {"kv_live": samples.summary(), **counters}
