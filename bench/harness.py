@@ -167,7 +167,7 @@ class Nereid(ServerProcess):
         extra: Sequence[str] = (),
     ) -> None:
         http, grpc, metrics = free_port(), free_port(), free_port()
-        self.http, self.grpc = f"127.0.0.1:{http}", f"127.0.0.1:{grpc}"
+        self.http, self.grpc, self.metrics = f"127.0.0.1:{http}", f"127.0.0.1:{grpc}", f"127.0.0.1:{metrics}"
         args = [
             sys.executable, "-m", "nereid.server.cli", "serve",
             f"--model-repository={repository}",
@@ -268,7 +268,7 @@ class Triton(ServerProcess):
         self, dist: TritonDist, models: Sequence[str], repository: Path = MODELS, pin: set[int] | None = None
     ) -> None:
         http, grpc, metrics = free_port(), free_port(), free_port()
-        self.http, self.grpc = f"127.0.0.1:{http}", f"127.0.0.1:{grpc}"
+        self.http, self.grpc, self.metrics = f"127.0.0.1:{http}", f"127.0.0.1:{grpc}", f"127.0.0.1:{metrics}"
         args = [
             str(dist.binary),
             f"--model-repository={repository}", f"--backend-directory={dist.backends}",

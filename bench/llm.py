@@ -308,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
             say(f"transformers ready ({meta['hf_load_s']} s, {hf.loader})")
         if server is not None:
             t = time.perf_counter()
-            server.wait_ready()
+            server.wait_ready(timeout=300.0)  # loading the model takes a while
             blocks, bs = server.num_kv_blocks()
             meta["nereid_ready_s"], meta["num_kv_blocks"], meta["block_size"] = (
                 round(time.perf_counter() - t, 1),

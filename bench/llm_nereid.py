@@ -7,26 +7,16 @@ import asyncio
 import contextlib
 import re
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
 from collections import deque
 from pathlib import Path
 from typing import Any
 
+from harness import Nereid
 from llm_workload import MODEL, ROOT, Request, Trace, WasteSamples
 
 # ---- the Nereid server ---------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def example_parameters() -> dict[str, str]:
@@ -53,71 +43,30 @@ def repository(overrides: dict[str, str]) -> tuple[Path, tempfile.TemporaryDirec
     return Path(tmp.name), tmp
 
 
-class Server:
-    """``nereid serve`` restricted to smollm2, in its own session, ready when ``/v2/health/ready`` is 200."""
+class Server(Nereid):
+    """``nereid serve`` on ``repo`` with only smollm2 loaded (bench/harness.py's launcher)."""
+
+    name = "nereid-llm"
 
     def __init__(self, repo: Path) -> None:
-        self.ports = {"http": free_port(), "grpc": free_port(), "metrics": free_port()}
-        self.args = [
-            sys.executable,
-            "-m",
-            "nereid.server.cli",
-            "serve",
-            f"--model-repository={repo}",
-            "--http-address=127.0.0.1",
-            f"--http-port={self.ports['http']}",
-            f"--grpc-port={self.ports['grpc']}",
-            f"--metrics-port={self.ports['metrics']}",
-            "--allow-grpc=false",
-            "--model-control-mode=explicit",
-            f"--load-model={MODEL}",
-        ]
-        self.log = tempfile.NamedTemporaryFile("w+", prefix="nereid-llm-bench-", suffix=".log")  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            self.args, stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True
-        )
+        super().__init__([MODEL], repository=repo)
 
     @property
     def base(self) -> str:
-        return f"http://127.0.0.1:{self.ports['http']}"
+        return f"http://{self.http}"
 
     @property
     def metrics_url(self) -> str:
-        return f"http://127.0.0.1:{self.ports['metrics']}/metrics"
-
-    def wait_ready(self, timeout: float = 300.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the server exited with {self.proc.returncode}:\n{self.output()}")
-            try:
-                with urllib.request.urlopen(f"{self.base}/v2/health/ready", timeout=5):
-                    return
-            except OSError:
-                time.sleep(0.5)
-        raise RuntimeError(f"the server was not ready after {timeout:.0f}s:\n{self.output()}")
-
-    def output(self) -> str:
-        self.log.flush()
-        self.log.seek(0)
-        return self.log.read()
+        return f"http://{self.metrics}/metrics"
 
     def num_kv_blocks(self) -> tuple[int, int]:
         """(blocks, block size) from the backend's 'engine ready' log line."""
-        found = re.search(r"(\d+) KV blocks of (\d+) tokens", self.output())
+        self.log.flush()
+        self.log.seek(0)
+        found = re.search(r"(\d+) KV blocks of (\d+) tokens", self.log.read())
         if found is None:
             raise RuntimeError("the server log has no 'N KV blocks of B tokens' line")
         return int(found.group(1)), int(found.group(2))
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
 
 
 _METRIC = re.compile(r'^(nereid_llm_\w+)\{model="' + MODEL + r'",version="1"\} (\S+)$', re.M)
