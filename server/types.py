@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 if TYPE_CHECKING:
+    import asyncio
+
+    from nereid.proto import model_config_pb2 as mc
     from nereid.server.errors import ServingError
 
 Parameters = dict[str, Any]  # bool | int | float | str values, as on the wire
@@ -36,12 +40,19 @@ class RequestedOutput:
 
 
 class ResponseSender(Protocol):
-    """Where a request's responses go; thread-safe, callable from backend threads."""
+    """Where a request's responses go; thread-safe, callable from backend threads.
+
+    ``loop`` is the event loop the responses are read on, or None for a sender read on no loop:
+    a producer with many responses at once (the LLM driver) posts them there in one wake-up.
+    """
 
     def send(self, response: InferResponse | None, final: bool) -> None: ...
 
     @property
     def cancelled(self) -> bool: ...
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop | None: ...
 
 
 @dataclass(slots=True, eq=False)
@@ -95,3 +106,43 @@ class InferResponse:
             if tensor.name == name:
                 return tensor
         return None
+
+
+class CoreHandle(Protocol):
+    """What a loaded model may ask of the core that loaded it (BLS calls, ensemble steps).
+
+    Coroutines run on :attr:`loop`; a backend thread schedules them there with
+    ``asyncio.run_coroutine_threadsafe``. Errors leave as ``ServingError``.
+    """
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        """The core's event loop once it has started, else None."""
+
+    async def infer(self, request: InferRequest) -> InferResponse:
+        """One request of a non-decoupled model through its normal queue; raises its error."""
+
+    def stream(self, request: InferRequest) -> AsyncIterator[InferResponse]:
+        """Every response of one request, in order; the last has ``final`` set."""
+
+    def model_ready(self, name: str, version: str = "") -> bool: ...
+
+    async def load_model(self, name: str, config: mc.ModelConfig | None = None) -> None: ...
+
+    async def unload_model(self, name: str) -> None: ...
+
+
+class Scheduler(Protocol):
+    """The Queue stage of one model version: takes requests, answers each through its sender.
+
+    The dynamic batcher, a sequence batcher and the ensemble scheduler are interchangeable here.
+    ``start`` runs on the event loop that reads the responses; ``enqueue`` is called on that loop
+    with a validated request whose ``sender`` is set, and raises ``Unavailable`` when the queue
+    refuses it; ``stop`` stops taking requests and lets queued and running ones finish or fail.
+    """
+
+    def start(self) -> None: ...
+
+    def enqueue(self, request: InferRequest) -> None: ...
+
+    async def stop(self) -> None: ...
