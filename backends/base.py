@@ -31,10 +31,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from nereid.proto import model_config_pb2 as mc
-from nereid.server.types import InferRequest, InferResponse
+from nereid.server.types import CoreHandle, InferRequest, InferResponse
 
 
 @dataclass(slots=True)
@@ -46,8 +45,8 @@ class ModelContext:
     config: mc.ModelConfig
     model_dir: Path  # <repo>/<model>
     version_dir: Path  # <repo>/<model>/<version>
-    # The core's in-process inference entry, for models that call other models (BLS).
-    core: Any = None
+    # The core that loaded this version, for models that call other models (BLS, ensembles).
+    core: CoreHandle | None = None
 
     @property
     def model_file(self) -> Path:

@@ -64,6 +64,10 @@ class InferenceCore:
         await self.repository.load_all(models)
         self._state = "READY"
 
+    def begin_drain(self) -> None:
+        """Stop reporting live and ready (graceful shutdown has begun); requests still run."""
+        self._state = "EXITING"
+
     async def stop(self) -> None:
         self._state = "EXITING"
         await self.repository.unload_all()

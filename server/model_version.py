@@ -14,7 +14,7 @@ from nereid.server.errors import Unavailable
 from nereid.server.model_config import TensorSpec, input_specs, output_specs
 from nereid.server.scheduler import Scheduler
 from nereid.server.stats import ModelStats
-from nereid.server.types import InferRequest
+from nereid.server.types import CoreHandle, InferRequest
 from nereid.server.validation import validate_request
 
 
@@ -80,7 +80,7 @@ def instance_contexts(config: mc.ModelConfig) -> list[InstanceContext]:
 
 
 def load_version(
-    name: str, version: int, config: mc.ModelConfig, model_dir: Path, core: object
+    name: str, version: int, config: mc.ModelConfig, model_dir: Path, core: CoreHandle | None
 ) -> ModelVersion:
     """Load one version synchronously (called on a loader thread); raises on failure."""
     backend = registry.get(registry.resolve_name(config.backend, config.platform))

@@ -24,6 +24,7 @@ from nereid.server.model_config import (
     validate,
 )
 from nereid.server.model_version import ModelVersion, has_gpu, load_version
+from nereid.server.types import CoreHandle
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +117,7 @@ def prepare_config(
 class ModelRepository:
     """Loads the models of one or more repository roots and tracks their states."""
 
-    def __init__(self, roots: list[Path], core: object = None, load_threads: int = 4) -> None:
+    def __init__(self, roots: list[Path], core: CoreHandle | None = None, load_threads: int = 4) -> None:
         self.roots = roots
         self.core = core
         self.models: dict[str, ModelEntry] = {}

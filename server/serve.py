@@ -122,7 +122,7 @@ class NereidServer:
 
     async def stop(self) -> None:
         """Graceful drain: not ready, stop listening, let in-flight requests finish, unload."""
-        self.core._state = "EXITING"
+        self.core.begin_drain()
         grace = float(self.settings.exit_timeout_secs)
         if self._grpc is not None:
             await self._grpc.stop(grace)  # type: ignore[attr-defined]
