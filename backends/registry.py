@@ -42,12 +42,6 @@ def register(name: str, factory: BackendFactory, platforms: tuple[str, ...] = ()
         _PLATFORMS[platform] = name
 
 
-def register_builtin(name: str, target: str, platforms: tuple[str, ...] = ()) -> None:
-    _BUILTIN[name] = target
-    for platform in platforms:
-        _PLATFORMS[platform] = name
-
-
 def resolve_name(backend: str, platform: str) -> str:
     """The backend name a config selects; raises NotFound when neither field is known."""
     if backend:
@@ -76,17 +70,3 @@ def get(name: str) -> Backend:
     backend = factory()
     _instances[name] = backend
     return backend
-
-
-def known() -> dict[str, str]:
-    """Every backend name with where it comes from, for the start-up table and docs."""
-    names = {name: target for name, target in _BUILTIN.items()}
-    names.update({name: "plugin" for name in _factories})
-    return names
-
-
-def platform_for(name: str) -> str:
-    for platform, backend in _PLATFORMS.items():
-        if backend == name:
-            return platform
-    return ""

@@ -11,9 +11,9 @@ import time
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from nereid.proto import model_config_pb2 as mc
+from nereid.server.catalog import IndexEntry, ModelMetadata, ServerMetadata, TensorMetadata
 from nereid.server.errors import (
     Cancelled,
     ServingError,
@@ -23,6 +23,7 @@ from nereid.server.errors import (
 from nereid.server.model_version import ModelVersion
 from nereid.server.repository import ModelRepository
 from nereid.server.responses import ResponseStream, UnaryResponse
+from nereid.server.stats import ModelStatistics
 from nereid.server.types import InferRequest, InferResponse, ResponseSender
 from nereid.server.validation import int_parameter
 
@@ -53,14 +54,18 @@ class InferenceCore:
         self.options = options or CoreOptions()
         self.repository = ModelRepository(roots, core=self, load_threads=load_threads)
         self._state = "INITIALIZING"
-        # The loop the core runs on, for backends that call it from their threads (BLS).
-        self.loop: asyncio.AbstractEventLoop | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        """The loop the core runs on, for models that call it from their threads (BLS, ensembles)."""
+        return self._loop
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
     async def start(self, models: list[str] | None = None) -> None:
         """Load the repository (every model, or ``models`` in explicit mode)."""
-        self.loop = asyncio.get_running_loop()
+        self._loop = asyncio.get_running_loop()
         await self.repository.load_all(models)
         self._state = "READY"
 
@@ -82,42 +87,46 @@ class InferenceCore:
             return False
         return self.repository.all_ready() if self.options.strict_readiness else True
 
-    def server_metadata(self) -> dict[str, Any]:
-        return {"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": list(EXTENSIONS)}
+    def server_metadata(self) -> ServerMetadata:
+        return ServerMetadata(SERVER_NAME, SERVER_VERSION, EXTENSIONS)
 
     def model_ready(self, name: str, version: str = "") -> bool:
         try:
-            self.repository.resolve(name, version)
+            self.repository.lookup(name, version)
         except ServingError:
             return False
         return True
 
-    def model_metadata(self, name: str, version: str = "") -> dict[str, Any]:
-        model = self.repository.resolve(name, version)
-        entry = self.repository.models[name]
+    def model_metadata(self, name: str, version: str = "") -> ModelMetadata:
+        """The named version's metadata (listing that version), else the newest's (listing every one)."""
+        model = self.repository.lookup(name, version)
+        versions = [version] if version else [str(v) for v in sorted(self.repository.entry(name).versions)]
         mbs = model.config.max_batch_size
-        return {
-            "name": name,
-            "versions": [str(v) for v in sorted(entry.versions)],
-            "platform": model.platform,
-            "inputs": [
-                {"name": s.name, "datatype": s.datatype, "shape": s.full_shape(mbs)}
-                for s in model.inputs.values()
-            ],
-            "outputs": [
-                {"name": s.name, "datatype": s.datatype, "shape": s.full_shape(mbs)}
-                for s in model.outputs.values()
-            ],
-        }
+        return ModelMetadata(
+            name=name,
+            versions=tuple(versions),
+            platform=model.platform,
+            inputs=tuple(
+                TensorMetadata(s.name, s.datatype, tuple(s.full_shape(mbs))) for s in model.inputs.values()
+            ),
+            outputs=tuple(
+                TensorMetadata(s.name, s.datatype, tuple(s.full_shape(mbs))) for s in model.outputs.values()
+            ),
+            decoupled=model.decoupled,
+        )
 
     def model_config(self, name: str, version: str = "") -> mc.ModelConfig:
-        return self.repository.resolve(name, version).config
+        return self.repository.lookup(name, version).config
 
-    def statistics(self, name: str = "", version: str = "") -> list[dict[str, Any]]:
-        if name:
-            models = [self.repository.resolve(name, version)]
+    def statistics(self, name: str = "", version: str = "") -> list[ModelStatistics]:
+        """Every loaded version of every model, of ``name``, or of one version of it (as Triton)."""
+        if version:
+            models = [self.repository.lookup(name, version)]
+        elif name:
+            entry = self.repository.entry(name)
+            models = [entry.versions[v] for v in sorted(entry.versions)]
         else:
-            models = [m for e in self.repository.models.values() for m in e.versions.values()]
+            models = self.loaded_models()
         return [m.stats.snapshot(m.name, m.version_str) for m in models]
 
     def loaded_models(self) -> list[ModelVersion]:
@@ -125,7 +134,7 @@ class InferenceCore:
 
     # ---- repository --------------------------------------------------------------------------
 
-    def repository_index(self, ready_only: bool = False) -> list[dict[str, str]]:
+    def repository_index(self, ready_only: bool = False) -> list[IndexEntry]:
         return self.repository.index(ready_only)
 
     async def load_model(self, name: str, config: mc.ModelConfig | None = None) -> None:
@@ -142,9 +151,19 @@ class InferenceCore:
 
     # ---- inference ---------------------------------------------------------------------------
 
+    def route(self, request: InferRequest) -> ModelVersion:
+        """The one decision of which version serves an inference request.
+
+        A request that names a version gets exactly that version; one that names none gets the
+        highest loaded version. Version routing (weighted splits, canaries) replaces the latter.
+        """
+        if request.model_version:
+            return self.repository.version(request.model_name, request.model_version)
+        return self.repository.latest(request.model_name)
+
     def submit(self, request: InferRequest) -> tuple[ModelVersion, ResponseStream]:
         """Validate and queue ``request``; its responses arrive on the returned stream."""
-        model = self.repository.resolve(request.model_name, request.model_version)
+        model = self.route(request)
         stream = ResponseStream(asyncio.get_running_loop())
         self._admit(model, request, stream)
         return model, stream
@@ -164,7 +183,7 @@ class InferenceCore:
 
     async def infer(self, request: InferRequest) -> InferResponse:
         """One request, one response (not for decoupled models); raises the response's error."""
-        model = self.repository.resolve(request.model_name, request.model_version)
+        model = self.route(request)
         if model.decoupled:
             raise Unsupported(
                 f"model '{model.name}' is decoupled; use the streaming API (ModelStreamInfer or generate_stream)"

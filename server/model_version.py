@@ -10,11 +10,11 @@ from pathlib import Path
 from nereid.backends import registry
 from nereid.backends.base import InstanceContext, Model, ModelContext, ModelInstance
 from nereid.proto import model_config_pb2 as mc
+from nereid.server.dynamic_batcher import DynamicBatcher
 from nereid.server.errors import Unavailable
 from nereid.server.model_config import TensorSpec, input_specs, output_specs
-from nereid.server.scheduler import Scheduler
 from nereid.server.stats import ModelStats
-from nereid.server.types import CoreHandle, InferRequest
+from nereid.server.types import CoreHandle, InferRequest, Scheduler
 from nereid.server.validation import validate_request
 
 
@@ -99,5 +99,5 @@ def load_version(
     inputs = {spec.name: spec for spec in input_specs(config, origin)}
     outputs = {spec.name: spec for spec in output_specs(config, origin)}
     stats = ModelStats()
-    scheduler = Scheduler(name, str(version), config, outputs, instances, stats)
+    scheduler = DynamicBatcher(name, str(version), config, outputs, instances, stats)
     return ModelVersion(name, version, config, model, instances, scheduler, inputs, outputs, stats)

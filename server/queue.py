@@ -20,14 +20,14 @@ from nereid.server.types import InferRequest
 
 
 @dataclass(slots=True)
-class LevelPolicy:
+class QueuePolicy:
     reject_on_timeout: bool = True
     timeout_ns: int = 0
     allow_override: bool = False
     max_size: int = 0
 
     @classmethod
-    def from_proto(cls, policy: mc.ModelQueuePolicy) -> LevelPolicy:
+    def from_proto(cls, policy: mc.ModelQueuePolicy) -> QueuePolicy:
         return cls(
             reject_on_timeout=policy.timeout_action != mc.ModelQueuePolicy.DELAY,
             timeout_ns=policy.default_timeout_microseconds * 1000,
@@ -60,11 +60,11 @@ class RequestQueue:
         self.has_levels = bool(batching and batching.priority_levels)
         self.levels = max(1, batching.priority_levels) if batching else 1
         self.default_level = (batching.default_priority_level or 1) if batching else 1
-        default = LevelPolicy.from_proto(batching.default_queue_policy) if batching else LevelPolicy()
+        default = QueuePolicy.from_proto(batching.default_queue_policy) if batching else QueuePolicy()
         self._policies = [default] * (self.levels + 1)
         if batching:
             for level, policy in batching.priority_queue_policy.items():
-                self._policies[level] = LevelPolicy.from_proto(policy)
+                self._policies[level] = QueuePolicy.from_proto(policy)
         # index 0 unused; index levels+1 holds DELAYed requests whose timeout expired.
         self._queues: list[deque[QueuedRequest]] = [deque() for _ in range(self.levels + 2)]
         self._stats = stats

@@ -1,8 +1,9 @@
 """The model repository: Triton's folder layout, version policies, and model states.
 
 ``<root>/<model>/config.(pbtxt|yaml)`` plus numeric version folders. Each version is
-READY, UNAVAILABLE (with a reason), LOADING or UNLOADING. :meth:`ModelRepository.resolve`
-is the single place that decides which loaded version serves a request.
+READY, UNAVAILABLE (with a reason), LOADING or UNLOADING. The repository finds versions;
+which version serves a request that names none is the core's decision
+(:meth:`~nereid.server.core.InferenceCore.route`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from nereid.backends import registry
 from nereid.proto import model_config_pb2 as mc
+from nereid.server.catalog import IndexEntry
 from nereid.server.errors import InvalidArgument, NotFound, ServingError, Unavailable, as_serving_error
 from nereid.server.model_config import (
     ConfigError,
@@ -210,42 +212,51 @@ class ModelRepository:
             await model.unload()
         entry.states = {v: VersionState("UNAVAILABLE", "unloaded") for v in entry.states}
 
-    def resolve(self, name: str, version: str = "") -> ModelVersion:
-        """The version that serves a request: the one named, else the highest READY one."""
+    def entry(self, name: str) -> ModelEntry:
+        """The model's entry; NotFound (after checking the name) when the repository has none."""
         entry = self.models.get(name)
         if entry is None:
             check_model_name(name)
             raise NotFound(f"Request for unknown model: '{name}' is not found")
-        if version:
-            if not version.isdigit():
-                raise InvalidArgument(f"model version must be a non-negative integer, got '{version}'")
-            model = entry.versions.get(int(version))
-            if model is None:
-                if int(version) in entry.states:
-                    raise Unavailable(
-                        f"Request for unknown model: '{name}' version {version} is not at ready state"
-                    )
-                raise NotFound(f"Request for unknown model: '{name}' version {version} is not found")
-            return model
+        return entry
+
+    def version(self, name: str, version: str) -> ModelVersion:
+        """The loaded version ``version`` (a decimal string) of ``name``, or the error Triton gives."""
+        entry = self.entry(name)
+        number = parse_version(version)
+        model = entry.versions.get(number)
+        if model is None:
+            if number in entry.states:
+                raise Unavailable(
+                    f"Request for unknown model: '{name}' version {version} is not at ready state"
+                )
+            raise NotFound(f"Request for unknown model: '{name}' version {version} is not found")
+        return model
+
+    def latest(self, name: str) -> ModelVersion:
+        """The highest loaded version of ``name``."""
+        entry = self.entry(name)
         if not entry.versions:
             raise Unavailable(f"Request for unknown model: '{name}' has no available versions")
         return entry.versions[max(entry.versions)]
 
-    def index(self, ready_only: bool = False) -> list[dict[str, str]]:
-        rows: list[dict[str, str]] = []
+    def lookup(self, name: str, version: str = "") -> ModelVersion:
+        """For metadata, config, readiness and statistics: the version named, else the highest loaded."""
+        return self.version(name, version) if version else self.latest(name)
+
+    def index(self, ready_only: bool = False) -> list[IndexEntry]:
+        rows: list[IndexEntry] = []
         for name in sorted(self.models):
             entry = self.models[name]
             if entry.error and not entry.states:
                 if not ready_only:
-                    rows.append({"name": name, "version": "", "state": "UNAVAILABLE", "reason": entry.error})
+                    rows.append(IndexEntry(name, "", "UNAVAILABLE", entry.error))
                 continue
             for version in sorted(entry.states):
                 state = entry.states[version]
                 if ready_only and state.state != "READY":
                     continue
-                rows.append(
-                    {"name": name, "version": str(version), "state": state.state, "reason": state.reason}
-                )
+                rows.append(IndexEntry(name, str(version), state.state, state.reason))
         return rows
 
     def all_ready(self) -> bool:
@@ -260,6 +271,13 @@ class ModelRepository:
 
     async def unload_all(self) -> None:
         await asyncio.gather(*(self.unload(name) for name, e in self.models.items() if e.versions))
+
+
+def parse_version(version: str) -> int:
+    """A version path segment or field: ASCII decimal digits only (``"²".isdigit()`` is true)."""
+    if not version.isascii() or not version.isdigit() or len(version) > 19:
+        raise InvalidArgument(f"model version must be a non-negative integer, got '{version}'")
+    return int(version)
 
 
 def _reason(failure: BaseException | object) -> str:

@@ -61,7 +61,7 @@ class NereidServer:
         if models == ["*"]:
             models = None
         await self.core.start(models)
-        if s.exit_on_error and any(row["state"] != "READY" for row in self.core.repository_index()):
+        if s.exit_on_error and any(row.state != "READY" for row in self.core.repository_index()):
             raise SystemExit(
                 "error: some models failed to load (see the table above); "
                 "--exit-on-error=false serves the others"
@@ -100,7 +100,7 @@ class NereidServer:
 
     def model_table(self) -> str:
         rows = [
-            (r["name"], r["version"], r["state"] + (f": {r['reason']}" if r["reason"] else ""))
+            (r.name, r.version, r.state + (f": {r.reason}" if r.reason else ""))
             for r in self.core.repository_index()
         ]
         widths = [

@@ -8,6 +8,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+#: Largest request body (HTTP, also after decompression) or message (gRPC) by default.
+DEFAULT_MAX_INPUT_SIZE = 64 * 1024 * 1024
+
 
 def _bool(value: str) -> bool:
     lowered = value.strip().lower()
@@ -37,9 +40,9 @@ class Settings:
     exit_on_error: bool = True
     log_verbose: int = 0
     #: Largest HTTP request body, also after decompression.
-    http_max_input_size: int = 64 * 1024 * 1024
+    http_max_input_size: int = DEFAULT_MAX_INPUT_SIZE
     #: Largest gRPC message received.
-    grpc_max_input_size: int = 64 * 1024 * 1024
+    grpc_max_input_size: int = DEFAULT_MAX_INPUT_SIZE
     #: none: load all at start-up; explicit: only --load-model, then the load/unload API.
     model_control_mode: str = "none"
     load_model: list[str] = field(default_factory=list)

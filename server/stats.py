@@ -20,8 +20,8 @@ class Duration:
         self.count += count
         self.ns += ns
 
-    def as_dict(self) -> dict[str, int]:
-        return {"count": self.count, "ns": self.ns}
+    def copy(self) -> Duration:
+        return Duration(self.count, self.ns)
 
 
 @dataclass(slots=True)
@@ -95,33 +95,65 @@ class ModelStats:
             self.pending += delta
             self.pending_by_priority[priority] = self.pending_by_priority.get(priority, 0) + delta
 
-    def snapshot(self, name: str, version: str) -> dict:
-        """The JSON shape of one ``model_stats`` entry."""
+    def snapshot(self, name: str, version: str) -> ModelStatistics:
+        """A consistent copy of the counters, as Triton's ``ModelStatistics`` entry."""
         with self._lock:
-            return {
-                "name": name,
-                "version": version,
-                "last_inference": self.last_inference_ms,
-                "inference_count": self.inference_count,
-                "execution_count": self.execution_count,
-                "inference_stats": {
-                    "success": self.success.as_dict(),
-                    "fail": self.fail.as_dict(),
-                    "queue": self.queue.as_dict(),
-                    "compute_input": self.compute_input.as_dict(),
-                    "compute_infer": self.compute_infer.as_dict(),
-                    "compute_output": self.compute_output.as_dict(),
-                    "cache_hit": {"count": 0, "ns": 0},
-                    "cache_miss": {"count": 0, "ns": 0},
-                },
-                "batch_stats": [
-                    {
-                        "batch_size": size,
-                        "compute_input": b.compute_input.as_dict(),
-                        "compute_infer": b.compute_infer.as_dict(),
-                        "compute_output": b.compute_output.as_dict(),
-                    }
+            return ModelStatistics(
+                name=name,
+                version=version,
+                last_inference=self.last_inference_ms,
+                inference_count=self.inference_count,
+                execution_count=self.execution_count,
+                inference_stats=InferenceStatistics(
+                    success=self.success.copy(),
+                    fail=self.fail.copy(),
+                    queue=self.queue.copy(),
+                    compute_input=self.compute_input.copy(),
+                    compute_infer=self.compute_infer.copy(),
+                    compute_output=self.compute_output.copy(),
+                ),
+                batch_stats=tuple(
+                    BatchStatistics(
+                        size, b.compute_input.copy(), b.compute_infer.copy(), b.compute_output.copy()
+                    )
                     for size, b in sorted(self.batch_stats.items())
-                ],
-                "memory_usage": [],
-            }
+                ),
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class InferenceStatistics:
+    """Cumulative durations by phase; field names are Triton's (``inference_stats``)."""
+
+    success: Duration
+    fail: Duration
+    queue: Duration
+    compute_input: Duration
+    compute_infer: Duration
+    compute_output: Duration
+    cache_hit: Duration = field(default_factory=Duration)
+    cache_miss: Duration = field(default_factory=Duration)
+
+
+@dataclass(frozen=True, slots=True)
+class BatchStatistics:
+    """Execution phases of the calls that ran ``batch_size`` rows."""
+
+    batch_size: int
+    compute_input: Duration
+    compute_infer: Duration
+    compute_output: Duration
+
+
+@dataclass(frozen=True, slots=True)
+class ModelStatistics:
+    """One version's statistics as the statistics extension reports them (field names are Triton's)."""
+
+    name: str
+    version: str
+    last_inference: int  # ms since the epoch, 0 before the first request
+    inference_count: int
+    execution_count: int
+    inference_stats: InferenceStatistics
+    batch_stats: tuple[BatchStatistics, ...] = ()
+    memory_usage: tuple[object, ...] = ()

@@ -13,11 +13,12 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-from google.protobuf import json_format
 
 from nereid.proto import grpc_service_pb2 as pb
+from nereid.server.catalog import IndexEntry, ModelMetadata, ServerMetadata
 from nereid.server.datatypes import DATATYPES, NUMPY_DTYPES, element_count, tensor_from_raw, tensor_to_raw
 from nereid.server.errors import InvalidArgument, Unsupported
+from nereid.server.stats import Duration, ModelStatistics
 from nereid.server.types import InferRequest, InferResponse, Parameters, RequestedOutput, Tensor
 
 # Datatype -> the InferTensorContents field that carries it, and that field's element dtype.
@@ -201,6 +202,58 @@ def encode_response(response: InferResponse) -> pb.ModelInferResponse:
     return msg
 
 
-def encode_statistics(stats: Mapping[str, Any]) -> pb.ModelStatistics:
-    """One ``model_stats`` entry of the core (the HTTP JSON shape) as a ModelStatistics message."""
-    return json_format.ParseDict(stats, pb.ModelStatistics(), ignore_unknown_fields=True)
+def encode_server_metadata(meta: ServerMetadata) -> pb.ServerMetadataResponse:
+    return pb.ServerMetadataResponse(name=meta.name, version=meta.version, extensions=meta.extensions)
+
+
+def encode_model_metadata(meta: ModelMetadata) -> pb.ModelMetadataResponse:
+    tensor = pb.ModelMetadataResponse.TensorMetadata
+    return pb.ModelMetadataResponse(
+        name=meta.name,
+        versions=meta.versions,
+        platform=meta.platform,
+        inputs=[tensor(name=t.name, datatype=t.datatype, shape=t.shape) for t in meta.inputs],
+        outputs=[tensor(name=t.name, datatype=t.datatype, shape=t.shape) for t in meta.outputs],
+    )
+
+
+def encode_index(rows: list[IndexEntry]) -> pb.RepositoryIndexResponse:
+    index = pb.RepositoryIndexResponse.ModelIndex
+    return pb.RepositoryIndexResponse(
+        models=[index(name=r.name, version=r.version, state=r.state, reason=r.reason) for r in rows]
+    )
+
+
+def _duration(value: Duration) -> pb.StatisticDuration:
+    return pb.StatisticDuration(count=value.count, ns=value.ns)
+
+
+def encode_statistics(stats: ModelStatistics) -> pb.ModelStatistics:
+    """One version's statistics as a ``ModelStatistics`` message."""
+    infer = stats.inference_stats
+    return pb.ModelStatistics(
+        name=stats.name,
+        version=stats.version,
+        last_inference=stats.last_inference,
+        inference_count=stats.inference_count,
+        execution_count=stats.execution_count,
+        inference_stats=pb.InferStatistics(
+            success=_duration(infer.success),
+            fail=_duration(infer.fail),
+            queue=_duration(infer.queue),
+            compute_input=_duration(infer.compute_input),
+            compute_infer=_duration(infer.compute_infer),
+            compute_output=_duration(infer.compute_output),
+            cache_hit=_duration(infer.cache_hit),
+            cache_miss=_duration(infer.cache_miss),
+        ),
+        batch_stats=[
+            pb.InferBatchStatistics(
+                batch_size=b.batch_size,
+                compute_input=_duration(b.compute_input),
+                compute_infer=_duration(b.compute_infer),
+                compute_output=_duration(b.compute_output),
+            )
+            for b in stats.batch_stats
+        ],
+    )

@@ -18,8 +18,8 @@ from nereid.proto import grpc_service_pb2, grpc_service_pb2_grpc, model_config_p
 from nereid.server.core import InferenceCore
 from nereid.server.grpc.health import HealthServicer
 from nereid.server.grpc.service import InferenceServicer
+from nereid.server.settings import DEFAULT_MAX_INPUT_SIZE
 
-DEFAULT_MAX_INPUT_SIZE = 64 * 1024 * 1024
 INFERENCE_SERVICE = "inference.GRPCInferenceService"
 
 

@@ -89,23 +89,13 @@ class InferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
     async def ServerMetadata(
         self, request: pb.ServerMetadataRequest, context: Context
     ) -> pb.ServerMetadataResponse:
-        meta = self.core.server_metadata()
-        return pb.ServerMetadataResponse(
-            name=meta["name"], version=meta["version"], extensions=meta["extensions"]
-        )
+        return codec.encode_server_metadata(self.core.server_metadata())
 
     @_unary
     async def ModelMetadata(
         self, request: pb.ModelMetadataRequest, context: Context
     ) -> pb.ModelMetadataResponse:
-        meta = self.core.model_metadata(request.name, request.version)
-        return pb.ModelMetadataResponse(
-            name=meta["name"],
-            versions=meta["versions"],
-            platform=meta["platform"],
-            inputs=[_tensor_metadata(t) for t in meta["inputs"]],
-            outputs=[_tensor_metadata(t) for t in meta["outputs"]],
-        )
+        return codec.encode_model_metadata(self.core.model_metadata(request.name, request.version))
 
     @_unary
     async def ModelConfig(self, request: pb.ModelConfigRequest, context: Context) -> pb.ModelConfigResponse:
@@ -149,14 +139,7 @@ class InferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
     async def RepositoryIndex(
         self, request: pb.RepositoryIndexRequest, context: Context
     ) -> pb.RepositoryIndexResponse:
-        rows = self.core.repository_index(request.ready)
-        index = pb.RepositoryIndexResponse.ModelIndex
-        return pb.RepositoryIndexResponse(
-            models=[
-                index(name=r["name"], version=r["version"], state=r["state"], reason=r["reason"])
-                for r in rows
-            ]
-        )
+        return codec.encode_index(self.core.repository_index(request.ready))
 
     @_unary
     async def RepositoryModelLoad(
@@ -190,12 +173,6 @@ class InferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
     CudaSharedMemoryUnregister = _unimplemented("CUDA shared memory")
     TraceSetting = _unimplemented("trace settings (the trace extension)")
     LogSettings = _unimplemented("log settings (the logging extension)")
-
-
-def _tensor_metadata(tensor: dict[str, Any]) -> pb.ModelMetadataResponse.TensorMetadata:
-    return pb.ModelMetadataResponse.TensorMetadata(
-        name=tensor["name"], datatype=tensor["datatype"], shape=tensor["shape"]
-    )
 
 
 def _json_object(text: str) -> dict[str, Any]:

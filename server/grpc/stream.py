@@ -80,9 +80,7 @@ class StreamSession:
 
     def _decoupled(self, msg: pb.ModelInferRequest) -> bool:
         try:
-            return self.core.model_config(
-                msg.model_name, msg.model_version
-            ).model_transaction_policy.decoupled
+            return self.core.model_metadata(msg.model_name, msg.model_version).decoupled
         except ServingError:
             return False  # the request fails in _serve, in order
 

@@ -24,13 +24,13 @@ from nereid.server.http.disconnect import cancel_on_disconnect
 from nereid.server.http.errors import HTTP_STATUS
 from nereid.server.http.generate import generate
 from nereid.server.model_config import config_from_dict, config_to_dict
+from nereid.server.settings import DEFAULT_MAX_INPUT_SIZE
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 JSON = [(b"content-type", b"application/json")]
-DEFAULT_MAX_INPUT_SIZE = 64 * 1024 * 1024
 
 
 class HttpError(Exception):
@@ -165,7 +165,7 @@ class HttpFrontend:
                 await _health(send, self.core.ready(), "Server is not ready")
             case ["models", "stats"]:
                 _allow(method, "GET")
-                await respond(send, 200, codec.dumps({"model_stats": self.core.statistics()}))
+                await respond(send, 200, codec.statistics_json(self.core.statistics()))
             case ["models", name, "versions", version, *rest]:
                 await self.model_route(request, send, name, version, rest)
             case ["models", name, *rest]:
@@ -194,7 +194,7 @@ class HttpFrontend:
                 await generate(self.core, request, send, name, version, stream=kind == "generate_stream")
             case []:
                 _allow(method, "GET")
-                await respond(send, 200, codec.dumps(self.core.model_metadata(name, version)))
+                await respond(send, 200, codec.model_metadata_json(self.core.model_metadata(name, version)))
             case ["ready"]:
                 _allow(method, "GET")
                 await _health(send, self.core.model_ready(name, version), "Model version not ready")
@@ -203,7 +203,7 @@ class HttpFrontend:
                 await respond(send, 200, codec.dumps(config_to_dict(self.core.model_config(name, version))))
             case ["stats"]:
                 _allow(method, "GET")
-                await respond(send, 200, codec.dumps({"model_stats": self.core.statistics(name, version)}))
+                await respond(send, 200, codec.statistics_json(self.core.statistics(name, version)))
             case [other, *_] if other in self.mounts:
                 await self.mounts[other](request, send, [name, version, *rest])
             case _:

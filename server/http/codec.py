@@ -11,8 +11,10 @@ from typing import Any
 import numpy as np
 import orjson
 
+from nereid.server.catalog import ModelMetadata
 from nereid.server.datatypes import DATATYPES, NUMPY_DTYPES, element_count, tensor_from_raw, tensor_to_raw
 from nereid.server.errors import InvalidArgument
+from nereid.server.stats import ModelStatistics
 from nereid.server.types import InferRequest, InferResponse, RequestedOutput, Tensor
 
 MAX_JSON_DEPTH = 100
@@ -45,7 +47,26 @@ def _check_depth(value: Any) -> None:
 
 
 def dumps(value: Any) -> bytes:
+    """JSON bytes; dataclasses (the core's typed answers) encode by field name."""
     return orjson.dumps(value, option=_JSON_DUMPS_OPTS)
+
+
+def model_metadata_json(meta: ModelMetadata) -> bytes:
+    """The v2 model metadata object (``decoupled`` is not part of it)."""
+    return dumps(
+        {
+            "name": meta.name,
+            "versions": meta.versions,
+            "platform": meta.platform,
+            "inputs": meta.inputs,
+            "outputs": meta.outputs,
+        }
+    )
+
+
+def statistics_json(stats: list[ModelStatistics]) -> bytes:
+    """The statistics extension's ``{"model_stats": [...]}``; field names are Triton's."""
+    return dumps({"model_stats": stats})
 
 
 def _parameters(value: Any, where: str) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from nereid.server.catalog import TensorMetadata
 from nereid.server.core import InferenceCore
 from nereid.server.errors import Cancelled, InvalidArgument, as_serving_error
 from nereid.server.http import codec
@@ -121,19 +122,19 @@ def decode_request(core: InferenceCore, body: Any, name: str, version: str, stre
             isinstance(value, list) and any(isinstance(v, dict | list) for v in value)
         ):
             raise InvalidArgument(f"parameter '{key}' must be a boolean, number, string or a flat list")
-    specs = {spec["name"]: spec for spec in core.model_metadata(name, version)["inputs"]}
+    specs = {spec.name: spec for spec in core.model_metadata(name, version).inputs}
     values = {k: v for k, v in body.items() if k not in _RESERVED}
     stream_spec = specs.get("stream")
-    if "stream" not in values and stream_spec is not None and stream_spec["datatype"] == "BOOL":
+    if "stream" not in values and stream_spec is not None and stream_spec.datatype == "BOOL":
         values["stream"] = stream
     inputs = [_tensor(key, value, specs.get(key)) for key, value in values.items()]
     return InferRequest(name, inputs, version, request_id, parameters=dict(parameters))
 
 
-def _tensor(name: str, value: Any, spec: dict[str, Any] | None) -> Tensor:
+def _tensor(name: str, value: Any, spec: TensorMetadata | None) -> Tensor:
     shape = _shape_of(value)
-    datatype = spec["datatype"] if spec is not None else _datatype_of(value)
-    if spec is not None and len(spec["shape"]) == len(shape) + 1:
+    datatype = spec.datatype if spec is not None else _datatype_of(value)
+    if spec is not None and len(spec.shape) == len(shape) + 1:
         shape = (1, *shape)  # the batch dimension of a batching model
     return Tensor(name, datatype, shape, codec.json_data(name, datatype, shape, value))
 

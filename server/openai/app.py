@@ -71,7 +71,7 @@ class OpenAIFrontend:
 
     def _model(self, name: str) -> ModelVersion:
         try:
-            model = self.core.repository.resolve(name, "")
+            model = self.core.repository.lookup(name, "")
         except NotFound:
             raise model_not_found(name) from None
         if not is_llm(model):

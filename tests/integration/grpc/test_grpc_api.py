@@ -43,6 +43,7 @@ def test_health_metadata_config_and_stats(repo, start_server):
 
     meta = client.get_model_metadata("add_sub")
     assert meta.name == "add_sub" and list(meta.versions) == ["1", "2"]
+    assert list(client.get_model_metadata("add_sub", "1").versions) == ["1"]  # as Triton: the one asked for
     assert meta.platform == "onnxruntime_onnx"
     assert [(t.name, t.datatype, list(t.shape)) for t in meta.inputs] == [
         ("INPUT0", "FP32", [-1, 16]),
@@ -58,7 +59,11 @@ def test_health_metadata_config_and_stats(repo, start_server):
 
     _infer_add_sub(client)
     _infer_add_sub(client)
+    # As Triton: a model's statistics without a version cover every loaded version.
     stats = client.get_inference_statistics("add_sub").model_stats
+    assert [(s.name, s.version) for s in stats] == [("add_sub", "1"), ("add_sub", "2")]
+    assert stats[0].inference_count == 0
+    stats = client.get_inference_statistics("add_sub", "2").model_stats
     assert [(s.name, s.version) for s in stats] == [("add_sub", "2")]
     assert stats[0].inference_count == 2 and stats[0].execution_count == 2
     assert stats[0].inference_stats.success.count == 2 and stats[0].inference_stats.success.ns > 0

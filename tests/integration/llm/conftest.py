@@ -92,7 +92,7 @@ class LLMClient:
         return [json.loads(c[len("data: ") :]) for c in chunks]
 
     def instance(self, model: str) -> Any:
-        return self.running.core.repository.resolve(model).instances[0]
+        return self.running.core.repository.lookup(model).instances[0]
 
     def engine_call(self, model: str, fn: Any) -> Any:
         return self.instance(model).call(fn)

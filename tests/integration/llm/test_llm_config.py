@@ -32,7 +32,7 @@ def test_bad_parameters_fail_the_load_with_the_parameter_named(repo, start_serve
     repo.config("two_instances", two)
     repo.config("batching", llm_config(str(tiny_llama)).replace("max_batch_size: 0", "max_batch_size: 4"))
     running = start_server(repo.root, exit_on_error=False)
-    reasons = {row["name"]: row.get("reason", "") for row in running.core.repository_index()}
+    reasons = {row.name: row.reason for row in running.core.repository_index()}
     for name, (_, message) in bad.items():
         assert message in reasons[name], (name, reasons[name])
     assert "parameter 'model'" in reasons["bad_path"] and "does not exist" in reasons["bad_path"]

@@ -10,6 +10,7 @@ import pytest
 from nereid.proto import grpc_service_pb2 as pb
 from nereid.server.errors import InvalidArgument, Unsupported
 from nereid.server.grpc import codec
+from nereid.server.stats import ExecutionRecord, ModelStats
 from nereid.server.types import InferResponse, Tensor
 
 
@@ -128,18 +129,12 @@ def test_encode_response_uses_raw_contents() -> None:
     }
 
 
-def test_encode_statistics_accepts_the_core_shape() -> None:
-    duration = {"count": 2, "ns": 30}
-    stats = {
-        "name": "m",
-        "version": "1",
-        "last_inference": 5,
-        "inference_count": 2,
-        "execution_count": 1,
-        "inference_stats": {"success": duration, "queue": duration},
-        "batch_stats": [{"batch_size": 2, "compute_infer": duration}],
-        "memory_usage": [],
-        "some_future_field": 1,
-    }
-    msg = codec.encode_statistics(stats)
-    assert msg.inference_stats.success.ns == 30 and msg.batch_stats[0].batch_size == 2
+def test_encode_statistics_carries_every_counter() -> None:
+    stats = ModelStats()
+    stats.record_execution(ExecutionRecord(2, 1, 10, 20, 30))
+    stats.record_request(True, 100, 7)
+    msg = codec.encode_statistics(stats.snapshot("m", "1"))
+    assert (msg.name, msg.version, msg.inference_count, msg.execution_count) == ("m", "1", 2, 1)
+    assert msg.inference_stats.success.ns == 100 and msg.inference_stats.queue.ns == 7
+    assert msg.inference_stats.compute_output.ns == 30 and msg.inference_stats.cache_hit.count == 0
+    assert [(b.batch_size, b.compute_infer.ns) for b in msg.batch_stats] == [(2, 20)]

@@ -1,4 +1,6 @@
-"""The Queue stage's dispatcher: one thread per model instance takes batches and runs them.
+"""The dynamic batcher: the Queue stage's scheduler for ordinary models.
+
+One thread per model instance takes batches from the model version's queue and runs them.
 
 Each instance has its own thread, so ``execute`` is never concurrent on one instance while
 different instances run in parallel. The thread forms its own batches from the queue (no
@@ -25,8 +27,13 @@ from nereid.server.types import InferRequest, InferResponse
 log = logging.getLogger(__name__)
 
 
-class Scheduler:
-    """Feeds one model version's instances from its :class:`RequestQueue`."""
+class DynamicBatcher:
+    """Feeds one model version's instances from its :class:`RequestQueue` (a ``Scheduler``).
+
+    Without ``dynamic_batching`` in the config each request runs alone; with it, an instance
+    thread takes up to ``max_batch_size`` rows of compatible shapes, waiting at most
+    ``max_queue_delay_microseconds`` for a preferred batch size.
+    """
 
     def __init__(
         self,
