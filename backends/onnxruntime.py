@@ -172,7 +172,7 @@ class OnnxInstance(ModelInstance):
         return self.loop.execute(requests)
 
     def _run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
-        return self.session.run(self.output_names, feed)  # type: ignore[no-any-return]
+        return self.session.run(self.output_names, feed)
 
     def _fetch(self, arrays: list[np.ndarray], call: list[InferRequest]) -> Fetched:
         return {
