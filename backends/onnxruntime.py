@@ -17,11 +17,11 @@ import numpy as np
 import onnxruntime as ort
 
 from nereid.backends.base import Backend, InstanceContext, Model, ModelContext, ModelInstance
-from nereid.backends.batching import merge_inputs, split_outputs
+from nereid.backends.batching import BatchLoop, Fetched
 from nereid.proto import model_config_pb2 as mc
 from nereid.server.datatypes import api_to_config
 from nereid.server.errors import InvalidArgument, Unavailable
-from nereid.server.types import InferRequest, InferResponse, Tensor
+from nereid.server.types import InferRequest, InferResponse
 
 DEFAULT_MAX_BATCH_SIZE = 4  # Triton's --backend-config=default-max-batch-size
 
@@ -152,45 +152,33 @@ class OnnxInstance(ModelInstance):
         self.session = session
         self.output_names = [o.name for o in session.get_outputs()]
         config = model.config
-        self.batched = config.max_batch_size > 0
         self.datatypes = {o.name: _ORT_TYPES.get(o.type, "FP32") for o in session.get_outputs()}
         for output in config.output:
             self.datatypes[output.name] = _ORT_TYPES.get(
                 next((o.type for o in session.get_outputs() if o.name == output.name), ""), "FP32"
             )
+        self.loop: BatchLoop[dict[str, np.ndarray], list[np.ndarray]] = BatchLoop(
+            model=model.context.name,
+            framework="ONNX Runtime",
+            batched=config.max_batch_size > 0,
+            timer=self.timer,
+            prepare=_to_ort_inputs,
+            bind=lambda call, feed: feed,
+            run=self._run,
+            fetch=self._fetch,
+        )
 
     def execute(self, requests: list[InferRequest]) -> list[InferResponse]:
-        responses: list[InferResponse | None] = [None] * len(requests)
-        runnable: list[int] = []
-        with self.timer.phase("input"):
-            for index, request in enumerate(requests):
-                try:
-                    _to_ort_inputs(request)
-                    runnable.append(index)
-                except InvalidArgument as exc:
-                    responses[index] = InferResponse(error=exc)
-            group = [requests[i] for i in runnable]
-            # Requests stay separate without a batch dimension.
-            calls = [group] if self.batched and group else [[r] for r in group]
-        results: list[tuple[list[InferRequest], list[np.ndarray]]] = []
-        with self.timer.phase("infer"):
-            for call in calls:
-                feed = merge_inputs(call)
-                results.append((call, self.session.run(self.output_names, feed)))
-        with self.timer.phase("output"):
-            by_id: dict[int, InferResponse] = {}
-            for call, arrays in results:
-                sizes = [r.batch_size for r in call] if self.batched else [1]
-                per_output = [split_outputs(a, sizes) for a in arrays]
-                for i, request in enumerate(call):
-                    outputs = [
-                        _tensor(name, self.datatypes[name], parts[i])
-                        for name, parts in zip(self.output_names, per_output, strict=True)
-                    ]
-                    by_id[id(request)] = InferResponse(outputs=outputs)
-            for index in runnable:
-                responses[index] = by_id[id(requests[index])]
-        return [r for r in responses if r is not None]
+        return self.loop.execute(requests)
+
+    def _run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return self.session.run(self.output_names, feed)
+
+    def _fetch(self, arrays: list[np.ndarray], call: list[InferRequest]) -> Fetched:
+        return {
+            name: (self.datatypes[name], _from_ort(self.datatypes[name], array))
+            for name, array in zip(self.output_names, arrays, strict=True)
+        }
 
 
 def _to_ort_inputs(request: InferRequest) -> None:
@@ -207,9 +195,10 @@ def _to_ort_inputs(request: InferRequest) -> None:
             raise InvalidArgument(f"input '{tensor.name}': onnxruntime's Python API cannot take BF16 tensors")
 
 
-def _tensor(name: str, datatype: str, array: np.ndarray) -> Tensor:
+def _from_ort(datatype: str, array: np.ndarray) -> np.ndarray:
+    """onnxruntime returns BYTES outputs as ``str``; the API carries bytes."""
     if datatype == "BYTES":
         array = np.array(
             [s.encode("utf-8") if isinstance(s, str) else bytes(s) for s in array.reshape(-1)], dtype=object
         ).reshape(array.shape)
-    return Tensor(name, datatype, tuple(array.shape), array)
+    return array

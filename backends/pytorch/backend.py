@@ -33,12 +33,13 @@ import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from nereid.backends.base import Backend, InstanceContext, Model, ModelContext, ModelInstance
-from nereid.backends.batching import merge_inputs, split_outputs
+from nereid.backends.batching import BatchLoop, Fetched
 from nereid.backends.pytorch.loader import (
     DEFAULT_FILENAME,
     PT2_FILENAME,
@@ -53,9 +54,9 @@ from nereid.backends.pytorch.tensors import to_numpy, to_torch
 from nereid.backends.pytorch.threads import INTER_OP, INTRA_OP, PROCESS_THREADS
 from nereid.proto import model_config_pb2 as mc
 from nereid.server.datatypes import config_to_api
-from nereid.server.errors import InternalError, InvalidArgument, ServingError, Unavailable
+from nereid.server.errors import InvalidArgument, Unavailable
 from nereid.server.model_config import ConfigError
-from nereid.server.types import InferRequest, InferResponse, Tensor
+from nereid.server.types import InferRequest, InferResponse
 
 
 def check_config(config: mc.ModelConfig, origin: str) -> None:
@@ -188,67 +189,42 @@ class TorchInstance(ModelInstance):
         self.input_plan = plan_inputs(self.model_name, [t.name for t in config.input], program.arguments)
         self.output_plan = plan_outputs(self.model_name, [t.name for t in config.output])
         self.input_types = {t.name: config_to_api(mc.DataType.Name(t.data_type)) for t in config.input}
-        self.batched = config.max_batch_size > 0
+        self.loop: BatchLoop[list[Any], Any] = BatchLoop(
+            model=self.model_name,
+            framework="PyTorch",
+            batched=config.max_batch_size > 0,
+            timer=self.timer,
+            bind=self._bind,
+            run=self._run,
+            fetch=self._fetch,
+        )
 
     def execute(self, requests: list[InferRequest]) -> list[InferResponse]:
-        # Without a batch dimension every request is its own forward call.
-        calls = [requests] if self.batched else [[r] for r in requests]
-        responses: dict[int, InferResponse] = {}
-        for call in calls:
-            try:
-                responses.update(self._run(call))
-            except ServingError as exc:
-                if len(calls) == 1:
-                    raise
-                responses.update({id(r): InferResponse(error=exc) for r in call})
-        return [responses[id(r)] for r in requests]
+        return self.loop.execute(requests)
 
-    def _run(self, call: list[InferRequest]) -> dict[int, InferResponse]:
+    def _bind(self, call: list[InferRequest], feed: dict[str, np.ndarray]) -> list[Any]:
         device = self.program.input_device
-        with self.timer.phase("input"):
-            feed = merge_inputs(call)
-            tensors = {name: to_torch(array, self.input_types[name], device) for name, array in feed.items()}
-            args = self.input_plan.arguments(tensors)
-            wanted = _wanted_outputs(call, self.output_plan)
-        with self.timer.phase("infer"):
-            with self._modes():
-                try:
-                    result = self.program.fn(*args)
-                except Exception as exc:
-                    raise InternalError(f"model '{self.model_name}': PyTorch execute failure: {exc}") from exc
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-        with self.timer.phase("output"):
-            picked = pick_outputs(self.model_name, result, self.output_plan, wanted)
-            arrays = {
-                name: to_numpy(tensor, f"model '{self.model_name}' output '{name}'")
-                for name, tensor in picked.items()
-            }
-            if device.type == "cuda" and self.settings.cache_cleaning:
-                torch.cuda.empty_cache()
-            return self._responses(call, arrays)
+        tensors = {name: to_torch(array, self.input_types[name], device) for name, array in feed.items()}
+        return self.input_plan.arguments(tensors)
 
-    def _responses(
-        self, call: list[InferRequest], arrays: dict[str, tuple[str, np.ndarray]]
-    ) -> dict[int, InferResponse]:
-        sizes = [r.batch_size for r in call] if self.batched else [1]
-        parts: dict[str, list[np.ndarray]] = {}
-        for name, (_, array) in arrays.items():
-            if self.batched and (array.ndim == 0 or array.shape[0] != sum(sizes)):
-                raise InternalError(
-                    f"model '{self.model_name}': output '{name}' has shape {list(array.shape)}, but a batched "
-                    f"model must return {sum(sizes)} row(s) along dim 0 for this batch"
-                )
-            parts[name] = split_outputs(array, sizes)
-        out: dict[int, InferResponse] = {}
-        for i, request in enumerate(call):
-            tensors = [
-                Tensor(name, arrays[name][0], tuple(parts[name][i].shape), parts[name][i])
-                for name in self.output_plan
-                if name in parts
-            ]
-            out[id(request)] = InferResponse(outputs=tensors)
-        return out
+    def _run(self, args: list[Any]) -> Any:
+        with self._modes():
+            result = self.program.fn(*args)
+        device = self.program.input_device
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return result
+
+    def _fetch(self, result: Any, call: list[InferRequest]) -> Fetched:
+        wanted = _wanted_outputs(call, self.output_plan)
+        picked = pick_outputs(self.model_name, result, self.output_plan, wanted)
+        arrays = {
+            name: to_numpy(tensor, f"model '{self.model_name}' output '{name}'")
+            for name, tensor in picked.items()
+        }
+        if self.program.input_device.type == "cuda" and self.settings.cache_cleaning:
+            torch.cuda.empty_cache()
+        return {name: arrays[name] for name in self.output_plan if name in arrays}
 
     @contextlib.contextmanager
     def _modes(self) -> Iterator[None]:

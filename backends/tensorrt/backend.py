@@ -32,12 +32,12 @@ from typing import Any
 import numpy as np
 
 from nereid.backends.base import Backend, InstanceContext, Model, ModelContext, ModelInstance
-from nereid.backends.batching import merge_inputs, split_outputs
+from nereid.backends.batching import BatchLoop, Fetched
 from nereid.backends.tensorrt.engine import EngineTensor, batch_limit, describe
 from nereid.proto import model_config_pb2 as mc
 from nereid.server.datatypes import api_to_config, config_to_api
-from nereid.server.errors import InternalError, InvalidArgument, ServingError, Unavailable
-from nereid.server.types import InferRequest, InferResponse, Tensor
+from nereid.server.errors import InternalError, InvalidArgument, Unavailable
+from nereid.server.types import InferRequest, InferResponse
 
 log = logging.getLogger(__name__)
 
@@ -192,7 +192,6 @@ class TensorRTInstance(ModelInstance):
         self.device = device
         self.tensors = {t.name: t for t in describe(self.model_name, engine, trt)}
         self._check_config(model.config)
-        self.batched = model.config.max_batch_size > 0
         self.input_types = {t.name: config_to_api(mc.DataType.Name(t.data_type)) for t in model.config.input}
         self.output_names = [t.name for t in model.config.output]
         self.engine_outputs = [t for t in self.tensors.values() if not t.is_input]
@@ -204,6 +203,15 @@ class TensorRTInstance(ModelInstance):
                 f"(out of GPU memory?)"
             )
         self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+        self.loop: BatchLoop[dict[str, Any], dict[str, Any]] = BatchLoop(
+            model=self.model_name,
+            framework="TensorRT",
+            batched=model.config.max_batch_size > 0,
+            timer=self.timer,
+            bind=self._bind,
+            run=self._run,
+            fetch=self._fetch,
+        )
 
     def _check_config(self, config: mc.ModelConfig) -> None:
         engine_inputs = sorted(t.name for t in self.tensors.values() if t.is_input)
@@ -242,52 +250,52 @@ class TensorRTInstance(ModelInstance):
         return contextlib.nullcontext()
 
     def execute(self, requests: list[InferRequest]) -> list[InferResponse]:
-        calls = [requests] if self.batched else [[r] for r in requests]
-        responses: dict[int, InferResponse] = {}
-        for call in calls:
-            try:
-                with self._on_device(), self._on_stream():
-                    responses.update(self._run(call))
-            except ServingError as exc:
-                # A shape outside the profile fails only the call that brought it.
-                responses.update({id(r): InferResponse(error=exc) for r in call})
-        return [responses[id(r)] for r in requests]
+        with self._on_device(), self._on_stream():
+            return self.loop.execute(requests)
 
-    def _run(self, call: list[InferRequest]) -> dict[int, InferResponse]:
+    def _bind(self, call: list[InferRequest], feed: dict[str, np.ndarray]) -> dict[str, Any]:
+        """Device buffers for every engine I/O tensor, bound to the execution context.
+
+        The returned buffers must stay alive until the engine is done with them.
+        """
         torch, execution = self.torch, self.execution
-        with self.timer.phase("input"):
-            feed = merge_inputs(call)
-            bound: dict[str, Any] = {}  # keeps the buffers alive until the engine is done
-            for name, array in feed.items():
-                tensor = self.convert.to_torch(array, self.input_types[name], self.device).contiguous()
-                if not execution.set_input_shape(name, tuple(tensor.shape)):
-                    raise InvalidArgument(self._shape_error(name, tuple(tensor.shape)))
-                execution.set_tensor_address(name, tensor.data_ptr())
-                bound[name] = tensor
-            for spec in self.engine_outputs:
-                shape = tuple(int(d) for d in execution.get_tensor_shape(spec.name))
-                if any(d < 0 for d in shape):
-                    raise InternalError(
-                        f"model '{self.model_name}': output '{spec.name}' has a data-dependent shape {list(shape)}, "
-                        f"which the TensorRT backend does not support"
-                    )
-                buffer = torch.empty(shape, dtype=getattr(torch, spec.torch_dtype), device=self.device)
-                execution.set_tensor_address(spec.name, buffer.data_ptr())
-                bound[spec.name] = buffer
-        with self.timer.phase("infer"):
-            handle = self.stream.cuda_stream if self.stream is not None else 0
-            if not execution.execute_async_v3(handle):
+        bound: dict[str, Any] = {}
+        for name, array in feed.items():
+            tensor = self.convert.to_torch(array, self.input_types[name], self.device).contiguous()
+            if not execution.set_input_shape(name, tuple(tensor.shape)):
+                raise InvalidArgument(self._shape_error(name, tuple(tensor.shape)))
+            execution.set_tensor_address(name, tensor.data_ptr())
+            bound[name] = tensor
+        for spec in self.engine_outputs:
+            shape = tuple(int(d) for d in execution.get_tensor_shape(spec.name))
+            if any(d < 0 for d in shape):
                 raise InternalError(
-                    f"model '{self.model_name}': TensorRT execute_async_v3 failed (see the server log)"
+                    f"model '{self.model_name}': output '{spec.name}' has a data-dependent shape {list(shape)}, "
+                    f"which the TensorRT backend does not support"
                 )
-            if self.stream is not None:
-                self.stream.synchronize()
-        with self.timer.phase("output"):
-            arrays = {
-                name: self.convert.to_numpy(bound[name], f"model '{self.model_name}' output '{name}'")[1]
-                for name in self.output_names
-            }
-            return self._responses(call, arrays)
+            buffer = torch.empty(shape, dtype=getattr(torch, spec.torch_dtype), device=self.device)
+            execution.set_tensor_address(spec.name, buffer.data_ptr())
+            bound[spec.name] = buffer
+        return bound
+
+    def _run(self, bound: dict[str, Any]) -> dict[str, Any]:
+        handle = self.stream.cuda_stream if self.stream is not None else 0
+        if not self.execution.execute_async_v3(handle):
+            raise InternalError(
+                f"model '{self.model_name}': TensorRT execute_async_v3 failed (see the server log)"
+            )
+        if self.stream is not None:
+            self.stream.synchronize()
+        return bound
+
+    def _fetch(self, bound: dict[str, Any], call: list[InferRequest]) -> Fetched:
+        return {
+            name: (
+                self.tensors[name].datatype,
+                self.convert.to_numpy(bound[name], f"model '{self.model_name}' output '{name}'")[1],
+            )
+            for name in self.output_names
+        }
 
     def _shape_error(self, name: str, shape: tuple[int, ...]) -> str:
         spec = self.tensors[name]
@@ -296,18 +304,6 @@ class TensorRTInstance(ModelInstance):
             f"model '{self.model_name}': input '{name}' shape {list(shape)} does not fit the engine's "
             f"shape {list(spec.shape)}{limit}"
         )
-
-    def _responses(self, call: list[InferRequest], arrays: dict[str, np.ndarray]) -> dict[int, InferResponse]:
-        sizes = [r.batch_size for r in call] if self.batched else [1]
-        parts = {name: split_outputs(array, sizes) for name, array in arrays.items()}
-        out: dict[int, InferResponse] = {}
-        for i, request in enumerate(call):
-            tensors = []
-            for name in self.output_names:
-                part = parts[name][i]
-                tensors.append(Tensor(name, self.tensors[name].datatype, tuple(part.shape), part))
-            out[id(request)] = InferResponse(outputs=tensors)
-        return out
 
     def finalize(self) -> None:
         self.execution = None
