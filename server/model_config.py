@@ -83,13 +83,17 @@ def config_from_dict(data: dict, origin: str = "config") -> mc.ModelConfig:
     return config
 
 
-def config_to_dict(config: mc.ModelConfig) -> dict:
+def config_to_dict(config: mc.ModelConfig, every_field: bool = False) -> dict:
     """The JSON rendering Triton serves on ``/v2/models/{m}/config``.
 
-    Protobuf field names; 64-bit integers as JSON numbers (protobuf's printer makes them
-    strings, Triton's does not).
+    Protobuf field names, enum names; 64-bit integers as JSON numbers (protobuf's printer
+    makes them strings, Triton's does not). ``every_field`` also prints the fields left at
+    their defaults (empty lists and maps, zeros), as a Python model's ``args['model_config']``
+    and ``auto_complete_config`` expect; ``config_from_dict`` reads either form back.
     """
-    data = json_format.MessageToDict(config, preserving_proto_field_name=True)
+    data = json_format.MessageToDict(
+        config, preserving_proto_field_name=True, always_print_fields_with_no_presence=every_field
+    )
     _int64_to_numbers(config.DESCRIPTOR, data)
     return data
 

@@ -14,15 +14,19 @@ import queue
 from collections.abc import Coroutine, Iterator
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
-from typing import Any
+from typing import Any, TypeVar
 
 from nereid.backends.python import pb_utils
-from nereid.backends.python.codec import config_from_dict, infer_request, pb_response, triton_error
+from nereid.backends.python.codec import infer_request, pb_response, triton_error
 from nereid.server.errors import ServingError
-from nereid.server.types import InferRequest
+from nereid.server.model_config import config_from_dict
+from nereid.server.types import CoreHandle, InferRequest
+
+T = TypeVar("T")
 
 _END = object()
 _POLL_S = 1.0  # how often a waiting BLS call checks that the server loop still runs
+_NO_SERVER = "BLS needs a running server"
 
 
 def _error(message: str, code: int = pb_utils.TritonError.INTERNAL) -> pb_utils.InferenceResponse:
@@ -30,9 +34,12 @@ def _error(message: str, code: int = pb_utils.TritonError.INTERNAL) -> pb_utils.
 
 
 class CoreBls:
-    """A :class:`~nereid.backends.python.runtime.BlsRuntime` over one :class:`InferenceCore`."""
+    """A :class:`~nereid.backends.python.runtime.BlsRuntime` over the core that loaded the model.
 
-    def __init__(self, core: Any) -> None:
+    Without a core (None), every call fails as it does while the server is not running.
+    """
+
+    def __init__(self, core: CoreHandle | None) -> None:
         self.core = core
 
     def run(
@@ -53,7 +60,9 @@ class CoreBls:
 
     def _infer(self, loop: asyncio.AbstractEventLoop, target: InferRequest) -> pb_utils.InferenceResponse:
         try:
-            return pb_response(_wait(asyncio.run_coroutine_threadsafe(self.core.infer(target), loop), loop))
+            return pb_response(
+                _wait(asyncio.run_coroutine_threadsafe(self._core().infer(target), loop), loop)
+            )
         except pb_utils.TritonModelException as exc:
             return _error(exc.message(), pb_utils.TritonError.UNAVAILABLE)
         except ServingError as exc:
@@ -63,7 +72,7 @@ class CoreBls:
 
     async def _pump(self, target: InferRequest, items: queue.Queue[object]) -> None:
         try:
-            async for response in self.core.stream(target):
+            async for response in self._core().stream(target):
                 items.put(pb_response(response))
         except ServingError as exc:
             items.put(pb_utils.InferenceResponse(error=triton_error(exc)))
@@ -75,19 +84,29 @@ class CoreBls:
             items.put(_END)
 
     def model_ready(self, name: str, version: str) -> bool:
-        async def ready() -> bool:
-            return bool(self.core.model_ready(name, version))
+        core = self._core()
 
-        return bool(self._call(ready()))
+        async def ready() -> bool:  # on the loop: the core's state belongs to it
+            return core.model_ready(name, version)
+
+        return self._call(ready())
 
     def load_model(self, name: str, config: str) -> None:
-        override = config_from_dict(json.loads(config)) if config else None
-        self._call(self.core.load_model(name, override))
+        core = self._core()
+        try:
+            override = (
+                config_from_dict(json.loads(config), f"load_model('{name}') config") if config else None
+            )
+        except ValueError as exc:  # not JSON at all
+            raise pb_utils.TritonModelException(f"load_model('{name}') config is not JSON: {exc}") from None
+        except ServingError as exc:
+            raise pb_utils.TritonModelException(exc.message) from None
+        self._call(core.load_model(name, override))
 
     def unload_model(self, name: str) -> None:
-        self._call(self.core.unload_model(name))
+        self._call(self._core().unload_model(name))
 
-    def _call(self, coro: Coroutine[Any, Any, Any]) -> Any:
+    def _call(self, coro: Coroutine[Any, Any, T]) -> T:
         try:
             loop = self._loop()
         except pb_utils.TritonModelException:
@@ -98,10 +117,15 @@ class CoreBls:
         except ServingError as exc:
             raise pb_utils.TritonModelException(exc.message) from None
 
+    def _core(self) -> CoreHandle:
+        if self.core is None:
+            raise pb_utils.TritonModelException(_NO_SERVER)
+        return self.core
+
     def _loop(self) -> asyncio.AbstractEventLoop:
-        loop = getattr(self.core, "loop", None)
+        loop = self._core().loop
         if loop is None or loop.is_closed() or not loop.is_running():
-            raise pb_utils.TritonModelException("BLS needs a running server")
+            raise pb_utils.TritonModelException(_NO_SERVER)
         try:
             running = asyncio.get_running_loop()
         except RuntimeError:
@@ -111,7 +135,7 @@ class CoreBls:
         return loop
 
 
-def _wait(future: Future[Any], loop: asyncio.AbstractEventLoop) -> Any:
+def _wait(future: Future[T], loop: asyncio.AbstractEventLoop) -> T:
     """The future's result; gives up if the server loop stops first (its work would never run)."""
     while True:
         try:

@@ -8,11 +8,8 @@ the config fails that response with a message naming the model and the output.
 from __future__ import annotations
 
 import json
-from typing import Any
 
 import numpy as np
-from google.protobuf import json_format
-from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
 from nereid.backends.python import pb_utils
 from nereid.backends.python.runner import bytes_array
@@ -21,44 +18,6 @@ from nereid.server.datatypes import numpy_to_api
 from nereid.server.errors import ErrorCode, InternalError, ServingError
 from nereid.server.model_config import TensorSpec, output_specs
 from nereid.server.types import InferRequest, InferResponse, RequestedOutput, Tensor
-
-_INT64 = {
-    FieldDescriptor.TYPE_INT64,
-    FieldDescriptor.TYPE_UINT64,
-    FieldDescriptor.TYPE_SINT64,
-    FieldDescriptor.TYPE_FIXED64,
-    FieldDescriptor.TYPE_SFIXED64,
-}
-
-
-def model_config_dict(config: mc.ModelConfig) -> dict[str, Any]:
-    """Triton's JSON form of a config: every field present, enum names, 64-bit integers as numbers."""
-    data = json_format.MessageToDict(
-        config, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
-    )
-    _numbers(config.DESCRIPTOR, data)
-    return data
-
-
-def _numbers(descriptor: Descriptor, data: dict[str, Any]) -> None:
-    for key, value in data.items():
-        field = descriptor.fields_by_name.get(key)
-        if field is None:
-            continue
-        if field.message_type is None:
-            if field.type in _INT64:
-                data[key] = [int(v) for v in value] if isinstance(value, list) else int(value)
-        elif field.message_type.GetOptions().map_entry:
-            inner = field.message_type.fields_by_name["value"].message_type
-            for item in value.values() if inner is not None else ():
-                _numbers(inner, item)
-        else:
-            for item in value if isinstance(value, list) else [value]:
-                _numbers(field.message_type, item)
-
-
-def config_from_dict(data: dict[str, Any]) -> mc.ModelConfig:
-    return json_format.ParseDict(data, mc.ModelConfig())
 
 
 def serving_error(error: pb_utils.TritonError) -> ServingError:

@@ -27,17 +27,15 @@ import threading
 from concurrent.futures import Future
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from nereid.backends.base import InstanceContext, ModelInstance
-from nereid.backends.python import loader, pb_utils
+from nereid.backends.base import InstanceContext, Model
+from nereid.backends.python import pb_utils
 from nereid.backends.python.bls import CoreBls
+from nereid.backends.python.instance import DirectTarget, InstanceSetup, PythonInstance
 from nereid.backends.python.runner import ExecuteError
 from nereid.server.errors import InternalError, ServingError, Unavailable
 from nereid.server.types import InferRequest, InferResponse
-
-if TYPE_CHECKING:
-    from nereid.backends.python.backend import DirectTarget, PythonModel
 
 log = logging.getLogger(__name__)
 
@@ -150,30 +148,25 @@ class StubProcess:
             self.send(("bls_end", call))
 
 
-class ProcessInstance(ModelInstance):
+class ProcessInstance(PythonInstance):
     """An instance whose model runs in a stub process; see the backend's module docstring."""
 
-    def __init__(self, model: PythonModel, context: InstanceContext) -> None:
-        from nereid.backends.python.backend import instance_name
-
-        super().__init__(model, context)
-        self.owner = model
-        self.label = f"model '{model.context.name}' instance '{instance_name(context)}'"
-        self._args = model.args(context)
+    def __init__(self, model: Model, setup: InstanceSetup, context: InstanceContext) -> None:
+        super().__init__(model, setup, context)
+        self._args = setup.args(context)
         self._keys = itertools.count()
         self._restarting: Future[StubProcess] | None = None
         self._stub = self._start()
 
     def _start(self) -> StubProcess:
-        ctx = self.owner.context
         spec = {
-            "path": str(self.owner.path),
-            "module_name": loader.module_name(ctx.name, ctx.version, str(self.context.index)),
+            "path": str(self.setup.path),
+            "module_name": self.module_name,
             "args": self._args,
-            "decoupled": self.owner.decoupled,
+            "decoupled": self.setup.decoupled,
             "label": self.label,
         }
-        stub = StubProcess(self.label, self.owner.bls)
+        stub = StubProcess(self.label, self.setup.bls)
         reply = stub.call(("init", spec), None)
         if reply[0] == "ready":
             return stub
@@ -214,17 +207,15 @@ class ProcessInstance(ModelInstance):
         return self._stub
 
     def execute(self, requests: list[InferRequest]) -> list[InferResponse] | None:
-        from nereid.backends.python.backend import DirectTarget
-
         stub = self._current()
-        codec, decoupled = self.owner.codec, self.owner.decoupled
+        codec, decoupled = self.setup.codec, self.setup.decoupled
         keys = [next(self._keys) for _ in requests]
         with self.timer.phase("input"):
             items = [(key, codec.pb_request(request)) for key, request in zip(keys, requests, strict=True)]
         if decoupled:
             for key, request in zip(keys, requests, strict=True):
                 stub.open[key] = DirectTarget(codec, request)
-        timeout = self.owner.isolation.timeout_s or None
+        timeout = self.setup.isolation.timeout_s or None
         with self.timer.phase("infer"):
             reply = stub.call(("execute", items), timeout)
         if reply[0] == "timeout":
@@ -248,10 +239,7 @@ class ProcessInstance(ModelInstance):
         if error is not None:
             self._fail_open(stub, keys, error)
             raise InternalError(error)
-        if responses is None:
-            return None
-        with self.timer.phase("output"):
-            return [codec.response(r, request) for r, request in zip(responses, requests, strict=True)]
+        return self.responses(responses, requests)
 
     @staticmethod
     def _fail_open(stub: StubProcess, keys: list[int], message: str) -> None:

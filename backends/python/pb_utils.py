@@ -22,7 +22,7 @@ import struct
 import sys
 import threading
 from collections.abc import Callable, Iterator
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeAlias
 
 import numpy as np
 
@@ -407,7 +407,10 @@ class InferenceRequest:
         return state
 
 
-def _execute(bls: runtime.BlsRuntime | None, request: InferenceRequest, decoupled: bool) -> Any:
+_Runtime: TypeAlias = runtime.BlsRuntime[InferenceRequest, InferenceResponse]
+
+
+def _execute(bls: _Runtime | None, request: InferenceRequest, decoupled: bool) -> Any:
     if not request._model_name:
         raise TritonModelException("InferenceRequest needs 'model_name' to be executed")
     if bls is None:
@@ -495,7 +498,7 @@ def deserialize_bytes_tensor(encoded_tensor: bytes) -> np.ndarray:
 # ---- model loading API ---------------------------------------------------------------------
 
 
-def _bls_runtime() -> runtime.BlsRuntime:
+def _bls_runtime() -> _Runtime:
     bls = runtime.current()
     if bls is None:
         raise TritonModelException("the model loading API is only available while Nereid serves this model")

@@ -10,14 +10,16 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Protocol
+from typing import Any, Protocol, TypeVar
 
-if TYPE_CHECKING:
-    from nereid.backends.python.pb_utils import InferenceRequest, InferenceResponse
+# The request and response types are pb_utils', which calls current(); naming them as type
+# parameters keeps this module free of pb_utils, so the two do not import each other.
+Request = TypeVar("Request", contravariant=True)
+Response = TypeVar("Response", covariant=True)
 
 
-class BlsRuntime(Protocol):
-    def run(self, request: InferenceRequest, decoupled: bool) -> Iterator[InferenceResponse]:
+class BlsRuntime(Protocol[Request, Response]):
+    def run(self, request: Request, decoupled: bool) -> Iterator[Response]:
         """Every response of ``request``; exactly one unless ``decoupled``. Errors come back as responses."""
         ...
 
@@ -28,21 +30,24 @@ class BlsRuntime(Protocol):
     def unload_model(self, name: str) -> None: ...
 
 
+AnyRuntime = BlsRuntime[Any, Any]
+
+
 _local = threading.local()
-_default: BlsRuntime | None = None
+_default: AnyRuntime | None = None
 
 
-def current() -> BlsRuntime | None:
+def current() -> AnyRuntime | None:
     return getattr(_local, "runtime", None) or _default
 
 
-def set_default(runtime: BlsRuntime | None) -> None:
+def set_default(runtime: AnyRuntime | None) -> None:
     global _default
     _default = runtime
 
 
 @contextmanager
-def bound(runtime: BlsRuntime | None) -> Iterator[None]:
+def bound(runtime: AnyRuntime | None) -> Iterator[None]:
     """Make ``runtime`` the current one for this thread while user code runs."""
     previous = getattr(_local, "runtime", None)
     _local.runtime = runtime

@@ -71,3 +71,22 @@ def test_a_stopped_server_answers_unavailable_instead_of_hanging():
     assert response.error().code_name() == "UNAVAILABLE"
     (response,) = list(CoreBls(FakeCore(None)).run(_request("double"), decoupled=False))
     assert "running server" in response.error().message()
+
+
+def test_without_a_core_every_call_says_the_server_is_not_running():
+    bls = CoreBls(None)
+    (response,) = list(bls.run(_request("double"), decoupled=False))
+    assert response.error().code_name() == "UNAVAILABLE" and "running server" in response.error().message()
+    for call in (lambda: bls.model_ready("double", ""), lambda: bls.unload_model("double")):
+        with pytest.raises(pb_utils.TritonModelException, match="BLS needs a running server"):
+            call()
+
+
+def test_load_model_with_a_bad_config_raises_a_triton_model_exception(server_loop):
+    bls = CoreBls(FakeCore(server_loop))
+    with pytest.raises(
+        pb_utils.TritonModelException, match=r"load_model\('double'\) config: .*max_batch_sizes"
+    ):
+        bls.load_model("double", '{"max_batch_sizes": 4}')
+    with pytest.raises(pb_utils.TritonModelException, match="is not JSON"):
+        bls.load_model("double", "{")

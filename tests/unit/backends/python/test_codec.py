@@ -10,11 +10,12 @@ import pytest
 from google.protobuf import text_format
 
 from nereid.backends.python import pb_utils
-from nereid.backends.python.backend import Isolation, PythonBackend
-from nereid.backends.python.codec import Codec, infer_request, model_config_dict, pb_response, triton_error
+from nereid.backends.python.backend import PythonBackend
+from nereid.backends.python.codec import Codec, infer_request, pb_response, triton_error
+from nereid.backends.python.instance import Isolation
 from nereid.proto import model_config_pb2 as mc
 from nereid.server.errors import ErrorCode, NotFound
-from nereid.server.model_config import ConfigError
+from nereid.server.model_config import ConfigError, config_to_dict
 from nereid.server.types import InferRequest, InferResponse, RequestedOutput, Tensor
 
 CONFIG = """
@@ -136,10 +137,10 @@ def test_bls_conversions():
 
 
 def test_model_config_dict_is_triton_json():
-    data = model_config_dict(_config())
+    data = config_to_dict(_config(), every_field=True)
     assert data["input"][0]["dims"] == [2] and data["input"][0]["data_type"] == "TYPE_FP32"
     assert data["max_batch_size"] == 4 and data["parameters"] == {} and data["instance_group"] == []
-    empty = model_config_dict(mc.ModelConfig(name="e"))
+    empty = config_to_dict(mc.ModelConfig(name="e"), every_field=True)
     assert empty["input"] == [] and empty["output"] == [] and "model_transaction_policy" not in empty
 
 
