@@ -27,9 +27,7 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from nereid.proto import model_config_pb2 as mc
@@ -72,33 +70,51 @@ class InstanceContext:
         return f"cuda:{self.device_id}" if self.kind == "KIND_GPU" else "cpu"
 
 
-@dataclass(slots=True)
 class ExecutionTimer:
     """Splits one ``execute`` call into Triton's compute_input / infer / output phases.
 
     Backends wrap their phases in ``with timer.phase("input"):``; time they do not mark
-    counts as ``infer``.
+    counts as ``infer``. The scheduler calls :meth:`reset` before and :meth:`settle` after
+    each call. Phases are plain objects, not generator context managers: they run per request.
     """
 
-    input_ns: int = 0
-    infer_ns: int = 0
-    output_ns: int = 0
-    _marked: bool = field(default=False, repr=False)
+    __slots__ = ("_marked", "_phases", "infer_ns", "input_ns", "output_ns")
 
-    @contextmanager
-    def phase(self, name: str) -> Iterator[None]:
-        start = time.perf_counter_ns()
-        try:
-            yield
-        finally:
-            elapsed = time.perf_counter_ns() - start
-            setattr(self, f"{name}_ns", getattr(self, f"{name}_ns") + elapsed)
-            self._marked = True
+    def __init__(self) -> None:
+        self.input_ns = self.infer_ns = self.output_ns = 0
+        self._marked = False
+        self._phases = {name: _Phase(self, f"{name}_ns") for name in ("input", "infer", "output")}
+
+    def phase(self, name: str) -> _Phase:
+        return self._phases[name]
+
+    def reset(self) -> None:
+        self.input_ns = self.infer_ns = self.output_ns = 0
+        self._marked = False
 
     def settle(self, total_ns: int) -> None:
         """Attribute the whole call to ``infer`` when the backend marked no phase."""
         if not self._marked:
             self.infer_ns = total_ns
+
+
+class _Phase:
+    """``with timer.phase(name):`` adds the block's wall time to ``timer.<name>_ns``."""
+
+    __slots__ = ("_attr", "_start", "_timer")
+
+    def __init__(self, timer: ExecutionTimer, attr: str) -> None:
+        self._timer = timer
+        self._attr = attr
+        self._start = 0
+
+    def __enter__(self) -> None:
+        self._start = time.perf_counter_ns()
+
+    def __exit__(self, *exc: object) -> None:
+        timer = self._timer
+        setattr(timer, self._attr, getattr(timer, self._attr) + time.perf_counter_ns() - self._start)
+        timer._marked = True
 
 
 class ModelInstance(ABC):

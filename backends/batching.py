@@ -143,7 +143,7 @@ class BatchLoop(Generic[Bound, Result]):
                     ready.append(index)
                 except Exception as exc:
                     responses[index] = InferResponse(error=self._error(exc, 1))
-            if self.batched:
+            if self.batched and len(ready) > 1:
                 groups = [[ready[i] for i in group] for group in group_by_shape([requests[i] for i in ready])]
             else:
                 groups = [[i] for i in ready]

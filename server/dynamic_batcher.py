@@ -100,8 +100,7 @@ class DynamicBatcher:
         if not live:
             return replies
         timer = instance.timer
-        timer.input_ns = timer.infer_ns = timer.output_ns = 0
-        timer._marked = False
+        timer.reset()
         start = time.perf_counter_ns()
         try:
             responses = instance.execute(live)
