@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from nereid.proto import model_config_pb2 as mc
     from nereid.server.errors import ServingError
 
-Parameters = dict[str, Any]  # bool | int | float | str values, as on the wire
+Parameters = dict[str, Any]  # scalars on the wire; typed values in process (see nereid.server.parameters)
 
 
 @dataclass(slots=True)

@@ -90,8 +90,8 @@ class LLMInstance(ModelInstance):
         for request in requests:
             try:
                 with self.timer.phase("input"):
-                    generation = parse(request, self.tokenizer)
-                self.driver.submit(request, generation)
+                    decoded = parse(request, self.tokenizer)
+                self.driver.submit(request, decoded)
             except Exception as exc:  # one bad request fails alone
                 if request.sender is not None:
                     request.sender.send(InferResponse(id=request.id, error=as_serving_error(exc)), final=True)

@@ -1,4 +1,4 @@
-"""Validated configuration: `EngineConfig` (how to serve) and `ModelConfig` (what the checkpoint is)."""
+"""Validated configuration: `EngineConfig` (how to serve) and `CheckpointConfig` (what the checkpoint is)."""
 
 from __future__ import annotations
 
@@ -100,8 +100,11 @@ class EngineConfig:
 
 
 @dataclass
-class ModelConfig:
-    """The Llama-family architecture fields the model code uses, from config.json or GGUF metadata."""
+class CheckpointConfig:
+    """The Llama-family architecture fields the model code uses, from config.json or GGUF metadata.
+
+    What the checkpoint is, not how Triton serves it: that is the model's ``config.pbtxt`` (``mc.ModelConfig``).
+    """
 
     vocab_size: int
     hidden_size: int
@@ -122,7 +125,7 @@ class ModelConfig:
     bos_token_id: int | None = None
 
     @classmethod
-    def from_hf(cls, cfg: dict[str, Any]) -> ModelConfig:
+    def from_hf(cls, cfg: dict[str, Any]) -> CheckpointConfig:
         """Build from a Hugging Face config.json dict (llama, mistral, qwen2)."""
         model_type = cfg.get("model_type")
         if model_type not in ("llama", "mistral", "qwen2"):

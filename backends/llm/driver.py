@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 from nereid.backends.llm.engine import LLMEngine
 from nereid.backends.llm.metrics import EngineMetrics
 from nereid.backends.llm.outputs import RequestOutput
-from nereid.backends.llm.requests import Generation
+from nereid.backends.llm.requests import EngineRequest
 from nereid.backends.llm.responses import RequestState
 from nereid.server.errors import Cancelled, InternalError, InvalidArgument, ServingError, Unavailable
 from nereid.server.types import InferRequest, InferResponse, ResponseSender
@@ -66,11 +66,11 @@ class EngineDriver:
             self._thread.join()
             raise
 
-    def submit(self, request: InferRequest, generation: Generation) -> None:
+    def submit(self, request: InferRequest, decoded: EngineRequest) -> None:
         with self._cond:
             if self._stopping:
                 raise Unavailable("the model is unloading")
-            self._inbox.append(RequestState(request, generation))
+            self._inbox.append(RequestState(request, decoded))
             self._cond.notify()
 
     def call(self, fn: Callable[[LLMEngine], T], timeout: float = 30.0) -> T:
@@ -133,9 +133,9 @@ class EngineDriver:
             _send_error(state.request, Cancelled("request was cancelled"))
             return
         engine_id = str(next(self._ids))
-        gen = state.generation
+        decoded = state.decoded
         try:
-            self.engine.add_request(engine_id, gen.prompt_ids, gen.params, gen.priority)
+            self.engine.add_request(engine_id, decoded.prompt_ids, decoded.params, decoded.priority)
         except ValueError as exc:
             _send_error(state.request, InvalidArgument(str(exc)))
             return
@@ -187,14 +187,14 @@ class EngineDriver:
 def _deliver(replies: list[_Reply]) -> None:
     """Send one step's responses with one wake-up per event loop, not one per response.
 
-    A sender that reads on an asyncio loop (the core's ``ResponseStream``) gets its responses through one
-    ``call_soon_threadsafe`` per loop and step; on the loop's own thread ``send`` just queues them. Any other
-    sender is called directly.
+    A sender read on an event loop (its ``loop``, e.g. the core's ``ResponseStream``) gets its responses
+    through one ``call_soon_threadsafe`` per loop and step; on the loop's own thread ``send`` just queues them.
+    A sender read on no loop is called directly.
     """
     by_loop: dict[asyncio.AbstractEventLoop, list[_Reply]] = {}
     for reply in replies:
-        loop = getattr(reply[0], "loop", None)  # ResponseStream.loop
-        if isinstance(loop, asyncio.AbstractEventLoop):
+        loop = reply[0].loop
+        if loop is not None:
             by_loop.setdefault(loop, []).append(reply)
         else:
             reply[0].send(reply[1], final=reply[2])

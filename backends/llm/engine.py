@@ -29,7 +29,7 @@ class LLMEngine:
     def __init__(self, config: EngineConfig) -> None:
         self.config = config
         loaded = loader.load(config)
-        self.model_config, self.tokenizer = loaded.config, loaded.tokenizer
+        self.checkpoint_config, self.tokenizer = loaded.config, loaded.tokenizer
         self.max_model_len = config.resolve_max_model_len(loaded.config.max_position_embeddings)
         num_blocks = kv_cache.num_kv_blocks(config, loaded.config, config.torch_dtype())
         self.block_manager = BlockManager(num_blocks, config.block_size, config.enable_prefix_caching)
@@ -80,7 +80,7 @@ class LLMEngine:
 
     def _prompt_ids(self, prompt: str | Seq[int]) -> list[int]:
         ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
-        vocab = self.model_config.vocab_size
+        vocab = self.checkpoint_config.vocab_size
         if not ids:
             raise ValueError("the prompt is empty")
         if not all(isinstance(t, int) and 0 <= t < vocab for t in ids):
@@ -133,7 +133,7 @@ class LLMEngine:
     def _check_stop(self, seq: Sequence, token: int) -> FinishReason | None:
         p, detok = seq.params, self._detok[seq.request_id]
         may_stop = seq.num_output_tokens >= p.min_tokens
-        if may_stop and not p.ignore_eos and token in self.model_config.eos_token_ids:
+        if may_stop and not p.ignore_eos and token in self.checkpoint_config.eos_token_ids:
             return FinishReason.STOP  # the eos token adds no text
         if may_stop and token in p.stop_token_ids:
             seq.stop_reason = token

@@ -1,4 +1,4 @@
-"""GGUF checkpoints (llama.cpp format): metadata → ModelConfig, dequantised tensors with Hugging Face names,
+"""GGUF checkpoints (llama.cpp format): metadata → CheckpointConfig, dequantised tensors with Hugging Face names,
 and the byte-level BPE tokenizer stored in `tokenizer.ggml.*`."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import torch
 from gguf import GGUFReader
 from gguf.quants import dequantize
 
-from nereid.backends.llm.config import ModelConfig
+from nereid.backends.llm.config import CheckpointConfig
 from nereid.backends.llm.tokenizer import Tokenizer, byte_level_bpe
 
 _LAYER_NAMES = {
@@ -61,7 +61,7 @@ class GGUFCheckpoint:
             return default
         return f.contents()
 
-    def model_config(self) -> ModelConfig:
+    def checkpoint_config(self) -> CheckpointConfig:
         a = self.arch
         heads = self.field(f"{a}.attention.head_count")
         hidden = self.field(f"{a}.embedding_length")
@@ -72,7 +72,7 @@ class GGUFCheckpoint:
         if "rope_freqs.weight" in self.names:
             t = next(t for t in self.reader.tensors if t.name == "rope_freqs.weight")
             rope = {"rope_type": "freq_factors", "factors": np.asarray(t.data, dtype=np.float32).tolist()}
-        return ModelConfig(
+        return CheckpointConfig(
             vocab_size=self.field(f"{a}.vocab_size") or len(self.field("tokenizer.ggml.tokens")),
             hidden_size=hidden,
             intermediate_size=self.field(f"{a}.feed_forward_length"),
@@ -93,7 +93,7 @@ class GGUFCheckpoint:
 
     def tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
         """Dequantised float32 tensors under Hugging Face names, Q/K rows un-permuted for `llama`."""
-        cfg = self.model_config()
+        cfg = self.checkpoint_config()
         for t in self.reader.tensors:
             name = hf_name(t.name)
             if name is None:
@@ -129,6 +129,6 @@ class GGUFCheckpoint:
             tok,
             bos_token=tokens[bos_id] if bos_id is not None else None,
             eos_token=tokens[eos_id] if eos_id is not None else None,
-            eos_token_ids=self.model_config().eos_token_ids,
+            eos_token_ids=self.checkpoint_config().eos_token_ids,
             chat_template=self.field("tokenizer.chat_template"),
         )

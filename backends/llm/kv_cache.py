@@ -6,10 +6,10 @@ import os
 
 import torch
 
-from nereid.backends.llm.config import EngineConfig, ModelConfig
+from nereid.backends.llm.config import CheckpointConfig, EngineConfig
 
 
-def block_bytes(model: ModelConfig, block_size: int, dtype: torch.dtype) -> int:
+def block_bytes(model: CheckpointConfig, block_size: int, dtype: torch.dtype) -> int:
     """Bytes one block takes across all layers, keys and values."""
     elem = torch.empty((), dtype=dtype).element_size()
     return model.num_hidden_layers * 2 * block_size * model.num_key_value_heads * model.head_dim * elem
@@ -30,7 +30,7 @@ def free_memory_bytes(device: torch.device) -> int:
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
-def num_kv_blocks(config: EngineConfig, model: ModelConfig, dtype: torch.dtype) -> int:
+def num_kv_blocks(config: EngineConfig, model: CheckpointConfig, dtype: torch.dtype) -> int:
     """Blocks to allocate: `num_kv_blocks`, else bytes (or a fraction of free memory) / block bytes.
 
     Sized caches are capped at what `max_num_seqs` sequences of `max_model_len` tokens could ever use.
@@ -55,7 +55,7 @@ def num_kv_blocks(config: EngineConfig, model: ModelConfig, dtype: torch.dtype) 
 
 
 def allocate_kv_cache(
-    model: ModelConfig, num_blocks: int, block_size: int, dtype: torch.dtype, device: torch.device
+    model: CheckpointConfig, num_blocks: int, block_size: int, dtype: torch.dtype, device: torch.device
 ) -> torch.Tensor:
     shape = (model.num_hidden_layers, 2, num_blocks, block_size, model.num_key_value_heads, model.head_dim)
     return torch.zeros(shape, dtype=dtype, device=device)

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from nereid.backends.llm.config import EngineConfig, ModelConfig
+from nereid.backends.llm.config import CheckpointConfig, EngineConfig
 from nereid.backends.llm.gguf_loader import GGUFCheckpoint
 from nereid.backends.llm.models.llama import PACKED, LlamaForCausalLM, rope_inv_freq
 from nereid.backends.llm.tokenizer import Tokenizer
@@ -19,7 +19,7 @@ from nereid.backends.llm.tokenizer import Tokenizer
 @dataclass
 class LoadedModel:
     model: LlamaForCausalLM
-    config: ModelConfig
+    config: CheckpointConfig
     tokenizer: Tokenizer
 
 
@@ -32,11 +32,11 @@ def load(config: EngineConfig) -> LoadedModel:
     dtype, device = config.torch_dtype(), torch.device(config.device)
     if path.is_file() and path.suffix == ".gguf":
         ckpt = GGUFCheckpoint(path)
-        model_cfg = ckpt.model_config()
+        model_cfg = ckpt.checkpoint_config()
         model = build_model(model_cfg, ckpt.tensors(), dtype, device)
         tokenizer = Tokenizer.from_dir(Path(config.tokenizer)) if config.tokenizer else ckpt.tokenizer()
     elif path.is_dir() and (path / "config.json").is_file():
-        model_cfg = hf_model_config(path)
+        model_cfg = hf_checkpoint_config(path)
         model = build_model(model_cfg, safetensors_tensors(path), dtype, device)
         tokenizer = Tokenizer.from_dir(Path(config.tokenizer or path))
     else:
@@ -46,14 +46,14 @@ def load(config: EngineConfig) -> LoadedModel:
     return LoadedModel(model, model_cfg, tokenizer)
 
 
-def hf_model_config(path: Path) -> ModelConfig:
+def hf_checkpoint_config(path: Path) -> CheckpointConfig:
     cfg = json.loads((path / "config.json").read_text())
     gen_path = path / "generation_config.json"
     if gen_path.is_file():
         gen = json.loads(gen_path.read_text())
         if gen.get("eos_token_id") is not None:
             cfg["eos_token_id"] = gen["eos_token_id"]
-    return ModelConfig.from_hf(cfg)
+    return CheckpointConfig.from_hf(cfg)
 
 
 def safetensors_tensors(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
@@ -67,7 +67,10 @@ def safetensors_tensors(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
 
 
 def build_model(
-    cfg: ModelConfig, tensors: Iterator[tuple[str, torch.Tensor]], dtype: torch.dtype, device: torch.device
+    cfg: CheckpointConfig,
+    tensors: Iterator[tuple[str, torch.Tensor]],
+    dtype: torch.dtype,
+    device: torch.device,
 ) -> LlamaForCausalLM:
     """Create the model without initialising weights, then assign the checkpoint tensors."""
     with torch.device("meta"):

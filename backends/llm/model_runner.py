@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from nereid.backends.llm.attention import AttentionMetadata, decode_groups
-from nereid.backends.llm.config import EngineConfig, ModelConfig
+from nereid.backends.llm.config import CheckpointConfig, EngineConfig
 from nereid.backends.llm.kv_cache import allocate_kv_cache
 from nereid.backends.llm.models.llama import LlamaForCausalLM
 from nereid.backends.llm.sampler import Sampler
@@ -18,14 +18,18 @@ class ModelRunner:
     """Owns the model, the KV cache tensor and the sampler; `execute` is called once per engine step."""
 
     def __init__(
-        self, model: LlamaForCausalLM, model_config: ModelConfig, config: EngineConfig, num_blocks: int
+        self,
+        model: LlamaForCausalLM,
+        checkpoint_config: CheckpointConfig,
+        config: EngineConfig,
+        num_blocks: int,
     ) -> None:
         self.model = model
-        self.model_config = model_config
+        self.checkpoint_config = checkpoint_config
         self.device = torch.device(config.device)
         self.block_size = config.block_size
         self.kv_cache = allocate_kv_cache(
-            model_config, num_blocks, config.block_size, config.torch_dtype(), self.device
+            checkpoint_config, num_blocks, config.block_size, config.torch_dtype(), self.device
         )
         self.sampler = Sampler(self.device, config.seed)
 
@@ -81,5 +85,5 @@ class ModelRunner:
         rows = torch.tensor([meta.query_start_loc[i + 1] - 1 for i in done], device=self.device)
         logits = self.model.compute_logits(hidden[rows])
         seqs = [batch[i][0] for i in done]
-        samples = self.sampler(logits, seqs, self.model_config.eos_token_ids)
+        samples = self.sampler(logits, seqs, self.checkpoint_config.eos_token_ids)
         return {seq.seq_id: sample for seq, sample in zip(seqs, samples, strict=True)}

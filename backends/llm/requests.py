@@ -1,9 +1,17 @@
 """Decode an :class:`InferRequest` of an ``llm`` model into a prompt and :class:`SamplingParams`.
 
-Inputs follow Triton's vLLM backend: ``text_input`` | ``messages`` (JSON chat messages, rendered with the model's
-chat template) | ``input_ids``; optional ``stream``, ``sampling_parameters`` (JSON object) and
-``exclude_input_in_output``. Sampling keys may also come as request parameters; the input tensor wins.
+Both forms of :mod:`nereid.server.textgen` are accepted. Wire form, as Triton's vLLM backend: ``text_input`` |
+``messages`` (JSON chat messages) | ``input_ids``; optional ``stream``, ``sampling_parameters`` (JSON object)
+and ``exclude_input_in_output``. Typed form: the request parameter ``messages`` holding ``list[ChatMessage]``
+instead of the input. Chat messages are rendered with the model's chat template. Sampling keys may also come
+as request parameters (typed values or their string forms); the ``sampling_parameters`` input wins.
 Every problem raises InvalidArgument with a message naming the input or key.
+
+Priority has one scale, where Triton's meets vLLM's: a lower number runs earlier, arrival order breaks
+ties, 0 means "none given". Triton's queue reads it as a priority level (1 highest, 0 the model's default
+level) only when ``dynamic_batching`` declares ``priority_levels``, which an ``llm`` model cannot have
+(it needs ``max_batch_size: 0``), so the number reaches the engine unchanged (:func:`engine_priority`) and
+0 ranks first there, as vLLM's default does.
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ from typing import Any
 from nereid.backends.llm.sampling import SamplingParams
 from nereid.backends.llm.tokenizer import Tokenizer
 from nereid.server.errors import InvalidArgument
+from nereid.server.textgen import MESSAGES, ChatMessage
 from nereid.server.types import InferRequest
 
 _FLOATS = ("temperature", "top_p", "min_p", "repetition_penalty", "frequency_penalty", "presence_penalty")
@@ -25,7 +34,7 @@ SAMPLING_KEYS = frozenset((*_FLOATS, *_INTS, *_OPTIONAL_INTS, *_BOOLS, "stop", "
 
 
 @dataclass(slots=True)
-class Generation:
+class EngineRequest:
     """One decoded request, ready for ``LLMEngine.add_request``."""
 
     prompt_ids: list[int]
@@ -34,24 +43,32 @@ class Generation:
     prompt_text: str = ""
     """Prepended to the output when ``exclude_input_in_output`` is false; empty otherwise."""
     priority: int = 0
-    """The request's ``priority`` as is (vLLM semantics: lower runs first, 0 is the default and the most urgent)."""
+    """The engine's rank of the request (see :func:`engine_priority`): lower runs first."""
 
 
-def parse(request: InferRequest, tokenizer: Tokenizer) -> Generation:
+def parse(request: InferRequest, tokenizer: Tokenizer) -> EngineRequest:
     prompt_ids, prompt_text = _prompt(request, tokenizer)
     stream = _bool_input(request, "stream", True)
     include_prompt = not _bool_input(request, "exclude_input_in_output", True)
-    return Generation(
+    return EngineRequest(
         prompt_ids=prompt_ids,
         params=sampling_params(request),
         stream=stream,
         prompt_text=prompt_text if include_prompt else "",
-        priority=request.priority,
+        priority=engine_priority(request),
     )
 
 
+def engine_priority(request: InferRequest) -> int:
+    """The request's priority on the engine's scale, which is the request's own (see the module doc)."""
+    return request.priority
+
+
 def _prompt(request: InferRequest, tokenizer: Tokenizer) -> tuple[list[int], str]:
+    typed = _typed_messages(request)
     given = [name for name in ("text_input", "messages", "input_ids") if request.input(name) is not None]
+    if typed is not None:
+        given.append("messages (parameter)")
     if len(given) != 1:
         raise InvalidArgument(
             f"give exactly one of the inputs 'text_input', 'messages' or 'input_ids' (got {given or 'none'})"
@@ -60,14 +77,27 @@ def _prompt(request: InferRequest, tokenizer: Tokenizer) -> tuple[list[int], str
     if ids_tensor is not None:
         ids = [int(t) for t in ids_tensor.data.reshape(-1)]
         return ids, tokenizer.decode(ids, skip_special_tokens=False)
-    text = _string_input(request, given[0])
-    if given[0] == "text_input":
-        return tokenizer.encode(text), text
+    messages: list[dict[str, Any]]
+    if typed is not None:
+        messages = [m.as_dict() for m in typed]
+    else:
+        text = _string_input(request, given[0])
+        if given[0] == "text_input":
+            return tokenizer.encode(text), text
+        messages = _messages(text)
     try:
-        rendered = tokenizer.apply_chat_template(_messages(text), add_generation_prompt=True)
+        rendered = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
     except ValueError as exc:
         raise InvalidArgument(f"input 'messages': {exc}") from None
     return tokenizer.encode(rendered, add_special_tokens=False), rendered
+
+
+def _typed_messages(request: InferRequest) -> list[ChatMessage] | None:
+    """The typed form's chat messages; a wire client's parameter of that name is ignored, as before."""
+    value = request.parameters.get(MESSAGES)
+    if isinstance(value, list) and value and all(isinstance(m, ChatMessage) for m in value):
+        return value
+    return None
 
 
 def _messages(text: str) -> list[dict[str, Any]]:

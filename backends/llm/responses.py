@@ -1,33 +1,35 @@
 """Turn the engine's per-step :class:`RequestOutput` deltas into decoupled :class:`InferResponse` messages.
 
-Every response carries ``text_output`` (BYTES [1]) and parameters ``token_ids`` (JSON list),
+Every response carries ``text_output`` (BYTES [1]) and parameters ``token_ids`` (``list[int]``),
 ``prompt_tokens``, ``completion_tokens``, ``cached_tokens``; the final one adds ``finish_reason`` (and
-``stop_reason`` when a stop string or stop token ended it); ``logprobs`` (JSON) when the request asked for them.
+``stop_reason`` when a stop string or stop token ended it); ``logprobs`` (``list[TokenLogprob]``) when the
+request asked for them. These are the typed form of :mod:`nereid.server.textgen`; the codecs write the JSON
+text wire clients get.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from typing import Any
 
 import numpy as np
 
 from nereid.backends.llm.outputs import RequestOutput
-from nereid.backends.llm.requests import Generation
+from nereid.backends.llm.requests import EngineRequest
 from nereid.backends.llm.sequence import SampleLogprobs
 from nereid.backends.llm.tokenizer import Tokenizer
+from nereid.server.textgen import LOGPROBS, TOKEN_IDS, TokenLogprob, TopLogprob
 from nereid.server.types import InferRequest, InferResponse, Tensor
 
 
 class RequestState:
     """One request inside the driver: what it has produced and when (for metrics)."""
 
-    __slots__ = ("first_token_ns", "generation", "last_token_ns", "logprobs", "request", "texts", "token_ids")
+    __slots__ = ("decoded", "first_token_ns", "last_token_ns", "logprobs", "request", "texts", "token_ids")
 
-    def __init__(self, request: InferRequest, generation: Generation) -> None:
+    def __init__(self, request: InferRequest, decoded: EngineRequest) -> None:
         self.request = request
-        self.generation = generation
+        self.decoded = decoded
         self.first_token_ns = 0
         self.last_token_ns = 0
         # Accumulated only when not streaming.
@@ -42,21 +44,21 @@ class RequestState:
 
     def respond(self, out: RequestOutput, tokenizer: Tokenizer) -> InferResponse | None:
         """The response to send for ``out``, or None while a non-streaming request is unfinished."""
-        if self.generation.stream:
+        if self.decoded.stream:
             text, ids, logprobs = out.new_text, out.new_token_ids, out.new_logprobs
-            if self.generation.prompt_text:
-                text, self.generation.prompt_text = self.generation.prompt_text + text, ""
+            if self.decoded.prompt_text:
+                text, self.decoded.prompt_text = self.decoded.prompt_text + text, ""
         else:
             self.texts.append(out.new_text)
             self.token_ids.extend(out.new_token_ids)
             self.logprobs.extend(out.new_logprobs)
             if not out.finished:
                 return None
-            text = self.generation.prompt_text + "".join(self.texts)
+            text = self.decoded.prompt_text + "".join(self.texts)
             ids, logprobs = self.token_ids, self.logprobs
         params: dict[str, Any] = {
-            "token_ids": json.dumps(ids),
-            "prompt_tokens": out.num_prompt_tokens or len(self.generation.prompt_ids),
+            TOKEN_IDS: list(ids),
+            "prompt_tokens": out.num_prompt_tokens or len(self.decoded.prompt_ids),
             "completion_tokens": out.num_generation_tokens,
             "cached_tokens": out.num_cached_tokens,
         }
@@ -64,8 +66,8 @@ class RequestState:
             params["finish_reason"] = out.finish_reason or "stop"
             if out.stop_reason is not None:
                 params["stop_reason"] = out.stop_reason
-        if self.generation.params.logprobs is not None:
-            params["logprobs"] = json.dumps([_logprob_entry(lp, tokenizer) for lp in logprobs])
+        if self.decoded.params.logprobs is not None:
+            params[LOGPROBS] = [_token_logprob(lp, tokenizer) for lp in logprobs]
         return InferResponse(id=self.request.id, outputs=[text_tensor(text)], parameters=params)
 
 
@@ -75,20 +77,16 @@ def text_tensor(text: str) -> Tensor:
     return Tensor("text_output", "BYTES", (1,), data)
 
 
-def _logprob_entry(lp: SampleLogprobs, tokenizer: Tokenizer) -> dict[str, Any]:
-    return {
-        "token_id": lp.token_id,
-        "token": _token(tokenizer, lp.token_id),
-        "logprob": _finite(lp.logprob),
-        "top_logprobs": [
-            {"token_id": t, "token": _token(tokenizer, t), "logprob": _finite(p)}
-            for t, p in zip(lp.top_token_ids, lp.top_logprobs, strict=True)
-        ],
-    }
+def _token_logprob(lp: SampleLogprobs, tokenizer: Tokenizer) -> TokenLogprob:
+    tops = [
+        TopLogprob(t, _token(tokenizer, t), _finite(p))
+        for t, p in zip(lp.top_token_ids, lp.top_logprobs, strict=True)
+    ]
+    return TokenLogprob(lp.token_id, _token(tokenizer, lp.token_id), _finite(lp.logprob), tops)
 
 
 def _finite(logprob: float) -> float:
-    """-inf (a masked token) is not valid JSON; report it as OpenAI and vLLM do."""
+    """-inf (a masked token) has no JSON form; report it as OpenAI and vLLM do."""
     return logprob if math.isfinite(logprob) else -9999.0
 
 

@@ -17,6 +17,7 @@ from nereid.proto import model_config_pb2 as mc
 from nereid.server.datatypes import numpy_to_api
 from nereid.server.errors import ErrorCode, InternalError, ServingError
 from nereid.server.model_config import TensorSpec, output_specs
+from nereid.server.parameters import wire_parameters
 from nereid.server.types import InferRequest, InferResponse, RequestedOutput, Tensor
 
 
@@ -141,4 +142,4 @@ def pb_response(response: InferResponse) -> pb_utils.InferenceResponse:
     if response.error is not None:
         return pb_utils.InferenceResponse(error=triton_error(response.error))
     tensors = [pb_utils.Tensor(t.name, t.data, t.datatype) for t in response.outputs]
-    return pb_utils.InferenceResponse(tensors, parameters=dict(response.parameters))
+    return pb_utils.InferenceResponse(tensors, parameters=wire_parameters(response.parameters))

@@ -18,7 +18,11 @@ from nereid.proto import grpc_service_pb2 as pb
 from nereid.server.catalog import IndexEntry, ModelMetadata, ServerMetadata
 from nereid.server.datatypes import DATATYPES, NUMPY_DTYPES, element_count, tensor_from_raw, tensor_to_raw
 from nereid.server.errors import InvalidArgument, Unsupported
+<<<<<<< HEAD
 from nereid.server.stats import Duration, ModelStatistics
+=======
+from nereid.server.parameters import wire_parameters
+>>>>>>> seams-llm
 from nereid.server.types import InferRequest, InferResponse, Parameters, RequestedOutput, Tensor
 
 # Datatype -> the InferTensorContents field that carries it, and that field's element dtype.
@@ -193,7 +197,7 @@ def encode_response(response: InferResponse) -> pb.ModelInferResponse:
         model_name=response.model_name, model_version=response.model_version, id=response.id
     )
     if response.parameters:
-        encode_parameters(response.parameters, msg.parameters)
+        encode_parameters(wire_parameters(response.parameters), msg.parameters)
     for tensor in response.outputs:
         out = msg.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
         if tensor.parameters:

@@ -6,117 +6,35 @@ server runs it (uvicorn with httptools by default; granian works as a drop-in).
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Awaitable, Callable
-from typing import Any
-from urllib.parse import unquote
 
 from nereid.server.core import InferenceCore
-from nereid.server.errors import (
-    InvalidArgument,
-    NotFound,
-    ResourceExhausted,
-    ServingError,
-    as_serving_error,
-)
+from nereid.server.errors import InvalidArgument, NotFound, ServingError, as_serving_error
 from nereid.server.http import codec
+from nereid.server.http.asgi import (
+    HttpError,
+    Receive,
+    Request,
+    Scope,
+    Send,
+    respond,
+    respond_error,
+)
+from nereid.server.http.asgi import allow as _allow
 from nereid.server.http.disconnect import cancel_on_disconnect
-from nereid.server.http.errors import HTTP_STATUS
 from nereid.server.http.generate import generate
 from nereid.server.model_config import config_from_dict, config_to_dict
 from nereid.server.settings import DEFAULT_MAX_INPUT_SIZE
 
+<<<<<<< HEAD
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 JSON = [(b"content-type", b"application/json")]
-
-
-class HttpError(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
-class Request:
-    """The parts of an HTTP request a handler needs; the body is read on demand, bounded."""
-
-    __slots__ = ("_body", "_receive", "headers", "max_size", "method", "parts", "query")
-
-    def __init__(self, scope: Scope, receive: Receive, max_size: int) -> None:
-        self.method: str = scope["method"]
-        raw = scope.get("raw_path") or scope["path"].encode()
-        path = raw.split(b"?", 1)[0].decode("latin-1")
-        self.parts = [unquote(p) for p in path.strip("/").split("/")]
-        self.headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        self.query: bytes = scope.get("query_string", b"")
-        self.max_size = max_size
-        self._receive = receive
-        self._body: bytes | None = None
-
-    async def body(self) -> bytes:
-        if self._body is not None:
-            return self._body
-        length = self.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_size:
-            raise ResourceExhausted(f"request body of {length} bytes exceeds the limit of {self.max_size}")
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await self._receive()
-            if message["type"] == "http.disconnect":
-                raise ServingError("client disconnected")
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_size:
-                raise ResourceExhausted(f"request body exceeds the limit of {self.max_size} bytes")
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        encoding = self.headers.get("content-encoding", "identity").lower()
-        if encoding in ("gzip", "deflate"):
-            body = _decompress(body, encoding, self.max_size)
-        elif encoding != "identity":
-            raise InvalidArgument(f"unsupported Content-Encoding '{encoding}'")
-        self._body = body
-        return body
-
-    async def disconnected(self) -> None:
-        """Return once the client has gone away (call only after the body was read)."""
-        while (await self._receive())["type"] != "http.disconnect":
-            pass
-
-    async def json(self) -> Any:
-        body = await self.body()
-        return codec.loads(body) if body.strip() else {}
-
-
-def _decompress(body: bytes, encoding: str, limit: int) -> bytes:
-    decoder = zlib.decompressobj(wbits=31 if encoding == "gzip" else 15)
-    try:
-        out = decoder.decompress(body, limit + 1)
-    except zlib.error as exc:
-        raise InvalidArgument(f"cannot decompress the {encoding} body: {exc}") from None
-    if len(out) > limit or decoder.unconsumed_tail:
-        raise ResourceExhausted(f"decompressed request body exceeds the limit of {limit} bytes")
-    return out
-
-
-async def respond(
-    send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None
-) -> None:
-    # An explicit Content-Length spares the server chunked framing.
-    head = [*(headers or JSON), (b"content-length", str(len(body)).encode())]
-    await send({"type": "http.response.start", "status": status, "headers": head})
-    await send({"type": "http.response.body", "body": body})
-
-
-async def respond_error(send: Send, error: ServingError | HttpError) -> None:
-    status = error.status if isinstance(error, HttpError) else HTTP_STATUS[error.code]
-    await respond(send, status, codec.dumps({"error": error.message}))
+=======
+DEFAULT_MAX_INPUT_SIZE = 64 * 1024 * 1024
+>>>>>>> seams-llm
 
 
 Handler = Callable[[Request, Send, list[str]], Awaitable[None]]
@@ -243,11 +161,6 @@ class HttpFrontend:
         else:
             await self.core.unload_model(name)
         await respond(send, 200, b"")
-
-
-def _allow(method: str, allowed: str) -> None:
-    if method != allowed:
-        raise HttpError(405, f"Method {method} is not allowed here; use {allowed}")
 
 
 def _header_int(value: str) -> int:

@@ -14,7 +14,11 @@ import orjson
 from nereid.server.catalog import ModelMetadata
 from nereid.server.datatypes import DATATYPES, NUMPY_DTYPES, element_count, tensor_from_raw, tensor_to_raw
 from nereid.server.errors import InvalidArgument
+<<<<<<< HEAD
 from nereid.server.stats import ModelStatistics
+=======
+from nereid.server.parameters import wire_parameters
+>>>>>>> seams-llm
 from nereid.server.types import InferRequest, InferResponse, RequestedOutput, Tensor
 
 MAX_JSON_DEPTH = 100
@@ -283,7 +287,7 @@ def encode_response(request: InferRequest, response: InferResponse) -> tuple[byt
     if response.id:
         body["id"] = response.id
     if response.parameters:
-        body["parameters"] = response.parameters
+        body["parameters"] = wire_parameters(response.parameters)
     body["outputs"] = outputs
     header = dumps(body)
     if not blobs:

@@ -14,7 +14,7 @@ that disconnects cancels the request.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -22,13 +22,11 @@ from nereid.server.catalog import TensorMetadata
 from nereid.server.core import InferenceCore
 from nereid.server.errors import Cancelled, InvalidArgument, as_serving_error
 from nereid.server.http import codec
+from nereid.server.http.asgi import Request, Send, respond, send_event, start_events
 from nereid.server.http.disconnect import cancel_on_disconnect
+from nereid.server.parameters import wire_parameters
 from nereid.server.types import InferRequest, InferResponse, Tensor
 
-if TYPE_CHECKING:
-    from nereid.server.http.app import Request, Send
-
-SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
 _RESERVED = ("id", "parameters")
 
 
@@ -40,9 +38,7 @@ async def generate(
         await _generate_stream(core, request, send, infer_request)
         return
     body = codec.dumps(await cancel_on_disconnect(request, _collect(core, infer_request)))
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    await send({"type": "http.response.start", "status": 200, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+    await respond(send, 200, body)
 
 
 async def _collect(core: InferenceCore, infer_request: InferRequest) -> dict[str, Any]:
@@ -69,12 +65,11 @@ class _EventStream:
     async def start(self) -> None:
         if not self.started:
             self.started = True
-            await self.send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
+            await start_events(self.send)
 
     async def event(self, payload: dict[str, Any]) -> None:
         await self.start()
-        chunk = b"data: " + codec.dumps(payload) + b"\n\n"
-        await self.send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send_event(self.send, payload)
 
     async def close(self) -> None:
         await self.start()
@@ -160,11 +155,11 @@ def _datatype_of(value: Any) -> str:
 
 
 def encode_response(response: InferResponse) -> dict[str, Any]:
-    """Model, version and id, the response's parameters, then each output by name (outputs win)."""
+    """Model, version and id, the response's parameters (in wire form), then each output by name (outputs win)."""
     body: dict[str, Any] = {"model_name": response.model_name, "model_version": response.model_version}
     if response.id:
         body["id"] = response.id
-    for key, value in response.parameters.items():
+    for key, value in wire_parameters(response.parameters).items():
         body.setdefault(key, value)
     for tensor in response.outputs:
         body[tensor.name] = _value(tensor)

@@ -13,20 +13,19 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+from nereid.proto import model_config_pb2 as mc
 from nereid.server.core import InferenceCore
 from nereid.server.errors import NotFound
 from nereid.server.http import codec
-from nereid.server.http.app import Request, Send, respond
+from nereid.server.http.asgi import Request, Send, allow, respond, send_event, start_events
 from nereid.server.http.disconnect import cancel_on_disconnect
-from nereid.server.model_version import ModelVersion
 from nereid.server.openai.bridge import is_llm, read_delta, to_infer_request
 from nereid.server.openai.errors import OpenAIError, as_openai_error, model_not_found
-from nereid.server.openai.protocol import Generation, parse_chat, parse_completion
+from nereid.server.openai.protocol import CompletionCall, parse_chat, parse_completion
 from nereid.server.openai.responses import Reply
 from nereid.server.types import InferResponse
 
 log = logging.getLogger(__name__)
-SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
 DONE = b"data: [DONE]\n\n"
 
 
@@ -49,19 +48,20 @@ class OpenAIFrontend:
     async def route(self, request: Request, send: Send, rest: list[str]) -> None:
         match rest:
             case ["models"]:
-                _allow(request, "GET")
-                models = sorted({m.name for m in self.core.loaded_models() if is_llm(m)})
+                allow(request.method, "GET")
+                models = sorted({m.name for m in self.core.loaded_models() if is_llm(m.config)})
                 body = {"object": "list", "data": [self._model_card(name) for name in models]}
                 await respond(send, 200, codec.dumps(body))
             case ["models", *name] if name:
-                _allow(request, "GET")
-                model = self._model("/".join(name))
-                await respond(send, 200, codec.dumps(self._model_card(model.name)))
+                allow(request.method, "GET")
+                model = "/".join(name)
+                self._llm_config(model)
+                await respond(send, 200, codec.dumps(self._model_card(model)))
             case ["completions"]:
-                _allow(request, "POST")
+                allow(request.method, "POST")
                 await self.generate(request, send, parse_completion(await request.json()))
             case ["chat", "completions"]:
-                _allow(request, "POST")
+                allow(request.method, "POST")
                 await self.generate(request, send, parse_chat(await request.json()))
             case _:
                 raise OpenAIError(404, f"no route for /v1/{'/'.join(rest)}")
@@ -69,21 +69,22 @@ class OpenAIFrontend:
     def _model_card(self, name: str) -> dict[str, Any]:
         return {"id": name, "object": "model", "created": self.created, "owned_by": "nereid"}
 
-    def _model(self, name: str) -> ModelVersion:
+    def _llm_config(self, name: str) -> mc.ModelConfig:
+        """The config of model ``name`` if it is a ready text generator, else OpenAI's 404."""
         try:
-            model = self.core.repository.lookup(name, "")
+            config = self.core.model_config(name)
         except NotFound:
             raise model_not_found(name) from None
-        if not is_llm(model):
+        if not is_llm(config):
             raise model_not_found(name)
-        return model
+        return config
 
-    async def generate(self, request: Request, send: Send, gen: Generation) -> None:
-        model = self._model(gen.model)
-        reply = Reply(gen, gen.model)
-        events = self.core.stream(to_infer_request(gen, model, reply.id))
+    async def generate(self, request: Request, send: Send, call: CompletionCall) -> None:
+        config = self._llm_config(call.model)
+        reply = Reply(call, call.model)
+        events = self.core.stream(to_infer_request(call, config, reply.id))
         try:
-            if gen.stream:
+            if call.stream:
                 await cancel_on_disconnect(request, self._relay(send, events, reply))
             else:
                 body = await cancel_on_disconnect(request, _collect(events, reply))
@@ -96,23 +97,23 @@ class OpenAIFrontend:
         response = await anext(events, None)
         if response is not None and response.error is not None:
             await _fail(events, response)
-        await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
+        await start_events(send)
         try:
             for opening in reply.opening_chunks():
-                await _event(send, opening)
+                await send_event(send, opening)
             while response is not None:
                 if response.error is not None:
                     await _fail(events, response)
                 chunk = reply.add(read_delta(response))
                 if chunk is not None:
-                    await _event(send, chunk)
+                    await send_event(send, chunk)
                 response = await anext(events, None)
             for closing in reply.closing_chunks():
-                await _event(send, closing)
+                await send_event(send, closing)
         except Exception as exc:  # after the headers, an error can only travel as an event
             log.debug("OpenAI stream %s failed after its first chunk: %r", reply.id, exc)
             with contextlib.suppress(Exception):  # a failed send: the client is gone, nobody to tell
-                await _event(send, as_openai_error(exc).payload())
+                await send_event(send, as_openai_error(exc).payload())
         with contextlib.suppress(Exception):
             await send({"type": "http.response.body", "body": DONE, "more_body": False})
 
@@ -131,13 +132,3 @@ async def _fail(events: AsyncIterator[InferResponse], response: InferResponse) -
         await anext(events, None)
     assert response.error is not None
     raise response.error
-
-
-async def _event(send: Send, payload: dict[str, Any]) -> None:
-    body = b"data: " + codec.dumps(payload) + b"\n\n"
-    await send({"type": "http.response.body", "body": body, "more_body": True})
-
-
-def _allow(request: Request, method: str) -> None:
-    if request.method != method:
-        raise OpenAIError(405, f"method {request.method} is not allowed here; use {method}")

@@ -10,6 +10,7 @@ from typing import Any
 
 from nereid.server.errors import ErrorCode, ServingError
 from nereid.server.http import codec
+from nereid.server.http.asgi import HttpError
 from nereid.server.http.errors import HTTP_STATUS
 
 _TYPES = {
@@ -53,6 +54,8 @@ def as_openai_error(exc: BaseException) -> OpenAIError:
     """Any failure of the request path as an OpenAIError (unknown exceptions become 500s)."""
     if isinstance(exc, OpenAIError):
         return exc
+    if isinstance(exc, HttpError):  # a route's own status (405 wrong method)
+        return OpenAIError(exc.status, exc.message)
     if isinstance(exc, ServingError):
         code = None if exc.code is ErrorCode.INTERNAL else exc.code.value.lower()
         return OpenAIError(HTTP_STATUS[exc.code], exc.message, code=code)

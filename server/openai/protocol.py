@@ -1,4 +1,4 @@
-"""OpenAI completions and chat bodies, validated into one neutral :class:`Generation`.
+"""OpenAI completions and chat bodies, validated into one :class:`CompletionCall`.
 
 Everything a client can get wrong is caught here as a 400 naming the field; values the model
 alone can judge (prompt length, logprobs beyond the engine's limit) are left to the backend.
@@ -12,6 +12,7 @@ from typing import Any
 
 from nereid.server.openai.errors import bad_request
 from nereid.server.openai.fields import flag, number, obj, token_ids
+from nereid.server.textgen import ChatMessage
 
 MAX_TOP_LOGPROBS = 20
 _ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
@@ -31,14 +32,14 @@ _NUMBERS: dict[str, tuple[bool, float | None, float | None, bool]] = {
 
 
 @dataclass(slots=True)
-class Generation:
+class CompletionCall:
     """What one completions or chat call asks for; ``sampling`` holds vLLM SamplingParams keys."""
 
     chat: bool
     model: str
     prompt: str | None = None
     prompt_ids: list[int] | None = None
-    messages: list[dict[str, str]] | None = None
+    messages: list[ChatMessage] | None = None
     stream: bool = False
     include_usage: bool = False
     logprobs: int | None = None  # top alternatives per token; None: no logprobs at all
@@ -46,7 +47,7 @@ class Generation:
     sampling: dict[str, Any] = field(default_factory=dict)
 
 
-def parse_completion(body: Any) -> Generation:
+def parse_completion(body: Any) -> CompletionCall:
     gen = _common(obj(body), chat=False)
     gen.prompt, gen.prompt_ids = _prompt(body.get("prompt"))
     if body.get("echo"):
@@ -58,7 +59,7 @@ def parse_completion(body: Any) -> Generation:
     return _finish(gen)
 
 
-def parse_chat(body: Any) -> Generation:
+def parse_chat(body: Any) -> CompletionCall:
     gen = _common(obj(body), chat=True)
     gen.messages = _messages(body.get("messages"))
     top = number(body, "top_logprobs", True, 0, MAX_TOP_LOGPROBS)
@@ -79,11 +80,11 @@ def parse_chat(body: Any) -> Generation:
     return _finish(gen)
 
 
-def _common(body: dict[str, Any], chat: bool) -> Generation:
+def _common(body: dict[str, Any], chat: bool) -> CompletionCall:
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise bad_request("'model' is required and must be a non-empty string", "model")
-    gen = Generation(chat=chat, model=model, stream=flag(body, "stream"))
+    gen = CompletionCall(chat=chat, model=model, stream=flag(body, "stream"))
     options = body.get("stream_options")
     if options is not None:
         if not gen.stream:
@@ -116,7 +117,7 @@ def _common(body: dict[str, Any], chat: bool) -> Generation:
     return gen
 
 
-def _finish(gen: Generation) -> Generation:
+def _finish(gen: CompletionCall) -> CompletionCall:
     if gen.logprobs is not None:
         gen.sampling["logprobs"] = gen.logprobs
     return gen
@@ -137,21 +138,26 @@ def _prompt(value: Any) -> tuple[str | None, list[int] | None]:
     raise bad_request("'prompt' must be a string, a list with one string, or a list of token ids", "prompt")
 
 
-def _messages(value: Any) -> list[dict[str, str]]:
+def _messages(value: Any) -> list[ChatMessage]:
     if not isinstance(value, list) or not value:
         raise bad_request("'messages' is required and must be a non-empty list", "messages")
-    out: list[dict[str, str]] = []
+    out: list[ChatMessage] = []
     for index, item in enumerate(value):
         where = f"messages[{index}]"
         message = obj(item, where)
         role = message.get("role")
         if role not in _ROLES:
             raise bad_request(f"{where}.role must be one of {sorted(_ROLES)}, got {role!r}", where)
-        entry = {"role": role, "content": _content(message.get("content"), role, where)}
-        for key in ("name", "tool_call_id"):
-            if isinstance(message.get(key), str):
-                entry[key] = message[key]
-        out.append(entry)
+        content = _content(message.get("content"), role, where)
+        name, call_id = message.get("name"), message.get("tool_call_id")
+        out.append(
+            ChatMessage(
+                role,
+                content,
+                name if isinstance(name, str) else None,
+                call_id if isinstance(call_id, str) else None,
+            )
+        )
     return out
 
 

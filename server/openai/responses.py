@@ -7,13 +7,14 @@ import uuid
 from typing import Any
 
 from nereid.server.openai.bridge import Delta
-from nereid.server.openai.protocol import Generation
+from nereid.server.openai.protocol import CompletionCall
+from nereid.server.textgen import TokenLogprob, TopLogprob
 
 
 class Reply:
     """Accumulates one call's deltas; gives stream chunks as they come, or the whole body at the end."""
 
-    def __init__(self, gen: Generation, model: str) -> None:
+    def __init__(self, gen: CompletionCall, model: str) -> None:
         self.chat = gen.chat
         self.id = f"{'chatcmpl' if gen.chat else 'cmpl'}-{uuid.uuid4().hex}"
         self.created = int(time.time())
@@ -45,7 +46,7 @@ class Reply:
             return None
         return self._chunk(delta.text, logprobs, delta.finish_reason)
 
-    def _logprobs(self, entries: list[dict[str, Any]]) -> dict[str, list[Any]] | None:
+    def _logprobs(self, entries: list[TokenLogprob]) -> dict[str, list[Any]] | None:
         if self.logprobs is None or not entries:
             return None
         if self.chat:
@@ -53,17 +54,17 @@ class Reply:
         else:
             piece = {key: [] for key in self.logprobs}
             for e in entries:
-                top = {t["token"]: t["logprob"] for t in e.get("top_logprobs", [])[: self.top]}
-                top.setdefault(e["token"], e["logprob"])
-                for key, value in zip(piece, (e["token"], e["logprob"], top, self.offset), strict=True):
+                top = {t.token: t.logprob for t in e.top_logprobs[: self.top]}
+                top.setdefault(e.token, e.logprob)
+                for key, value in zip(piece, (e.token, e.logprob, top, self.offset), strict=True):
                     piece[key].append(value)
-                self.offset += len(e["token"])
+                self.offset += len(e.token)
         for key, values in piece.items():
             self.logprobs[key].extend(values)
         return piece
 
-    def _chat_entry(self, e: dict[str, Any]) -> dict[str, Any]:
-        tops = [_token_logprob(t) for t in e.get("top_logprobs", [])[: self.top]]
+    def _chat_entry(self, e: TokenLogprob) -> dict[str, Any]:
+        tops = [_token_logprob(t) for t in e.top_logprobs[: self.top]]
         return {**_token_logprob(e), "top_logprobs": tops}
 
     # ---- streaming ---------------------------------------------------------------------------
@@ -129,6 +130,5 @@ class Reply:
         return {"id": self.id, "object": kind, "created": self.created, "model": self.model}
 
 
-def _token_logprob(e: dict[str, Any]) -> dict[str, Any]:
-    token = e["token"]
-    return {"token": token, "logprob": e["logprob"], "bytes": list(token.encode("utf-8"))}
+def _token_logprob(e: TokenLogprob | TopLogprob) -> dict[str, Any]:
+    return {"token": e.token, "logprob": e.logprob, "bytes": list(e.token.encode("utf-8"))}

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from nereid.backends.llm.attention import AttentionMetadata, paged_attention
-from nereid.backends.llm.config import ModelConfig
+from nereid.backends.llm.config import CheckpointConfig
 
 PACKED = {
     "self_attn.qkv_proj": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
@@ -36,7 +36,7 @@ class RMSNorm(nn.Module):
         return self.weight * h.to(x.dtype)
 
 
-def rope_inv_freq(cfg: ModelConfig) -> torch.Tensor:
+def rope_inv_freq(cfg: CheckpointConfig) -> torch.Tensor:
     """Rotary inverse frequencies, with Llama-3 style scaling when the config asks for it."""
     dim = cfg.head_dim
     inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
@@ -70,7 +70,7 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 class Attention(nn.Module):
     """Q, K and V come from one fused `qkv_proj` (the checkpoint's q/k/v_proj, packed by the loader)."""
 
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: CheckpointConfig) -> None:
         super().__init__()
         self.num_heads, self.num_kv_heads, self.head_dim = (
             cfg.num_attention_heads,
@@ -101,7 +101,7 @@ class Attention(nn.Module):
 class MLP(nn.Module):
     """SwiGLU with the checkpoint's gate_proj and up_proj packed into one `gate_up_proj`."""
 
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: CheckpointConfig) -> None:
         super().__init__()
         h, i = cfg.hidden_size, cfg.intermediate_size
         self.gate_up_proj = nn.Linear(h, 2 * i, bias=cfg.mlp_bias)
@@ -113,7 +113,7 @@ class MLP(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: CheckpointConfig) -> None:
         super().__init__()
         self.self_attn = Attention(cfg)
         self.mlp = MLP(cfg)
@@ -133,7 +133,7 @@ class DecoderLayer(nn.Module):
 
 
 class LlamaModel(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: CheckpointConfig) -> None:
         super().__init__()
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_hidden_layers))
@@ -145,7 +145,7 @@ class LlamaForCausalLM(nn.Module):
     `compute_logits(hidden)` projects the rows that need sampling. `kv_cache` is the whole
     [num_layers, 2, num_blocks, block_size, kv_heads, head_dim] tensor; layer i uses `kv_cache[i]`."""
 
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: CheckpointConfig) -> None:
         super().__init__()
         self.config = cfg
         self.model = LlamaModel(cfg)

@@ -1,7 +1,7 @@
 """OpenAI API fixtures: a deterministic fake LLM backend ("llm_fake") and a server serving it.
 
-``llm_fake`` implements the LLM backend contract (see :mod:`nereid.server.openai.bridge`) without a
-model: it "generates" the prompt's words back, one word per response (for chat: the last message's
+``llm_fake`` implements the LLM backend contract in its typed form (see :mod:`nereid.server.textgen`;
+it is listed in ``LLM_BACKENDS``) without a model: it "generates" the prompt's words back, one word per response (for chat: the last message's
 words; for token ids: ``t<id>``). It honours ``max_tokens`` (finish_reason "length") and ``stop``
 strings, reports token counts (a token is a whitespace-separated word), returns made-up logprobs,
 answers INVALID_ARG for prompts over 64 words, fails mid-stream at the word
@@ -11,7 +11,6 @@ what it saw in :data:`EVENTS`.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 import zlib
@@ -25,6 +24,8 @@ import pytest
 from nereid.backends import registry
 from nereid.backends.base import Backend, InstanceContext, Model, ModelContext, ModelInstance
 from nereid.server.errors import InternalError, InvalidArgument
+from nereid.server.openai.bridge import LLM_BACKENDS
+from nereid.server.textgen import MESSAGES, ChatMessage, TokenLogprob, TopLogprob
 from nereid.server.types import InferRequest, InferResponse, Tensor
 
 MAX_PROMPT_WORDS = 64
@@ -50,11 +51,10 @@ def _text(request: InferRequest, name: str) -> str | None:
 
 def _prompt(request: InferRequest) -> tuple[list[str], list[str]]:
     """(prompt tokens, reply words)."""
-    messages = _text(request, "messages")
+    messages: list[ChatMessage] | None = request.parameters.get(MESSAGES)
     if messages is not None:
-        parsed = json.loads(messages)
-        rendered = " ".join(f"{m['role']}: {m['content']}" for m in parsed) + " assistant:"
-        return rendered.split(), parsed[-1]["content"].split()
+        rendered = " ".join(f"{m.role}: {m.content}" for m in messages) + " assistant:"
+        return rendered.split(), messages[-1].content.split()
     ids = request.input("input_ids")
     if ids is not None:
         words = [f"t{int(i)}" for i in ids.data.reshape(-1)]
@@ -72,7 +72,7 @@ class FakeLLMInstance(ModelInstance):
     def _generate(self, request: InferRequest, delay: float) -> None:
         sender = request.sender
         assert sender is not None
-        sampling = json.loads(_text(request, "sampling_parameters") or "{}")
+        sampling = {k: v for k, v in request.parameters.items() if k not in (MESSAGES, "priority")}
         with EVENTS.lock:
             EVENTS.sampling[request.id] = sampling
             EVENTS.priority[request.id] = request.priority
@@ -117,7 +117,7 @@ class FakeLLMInstance(ModelInstance):
         data = np.empty(1, dtype=object)
         data[0] = piece.encode()
         params: dict[str, Any] = {
-            "token_ids": json.dumps(ids),
+            "token_ids": ids,
             "prompt_tokens": prompt,
             "completion_tokens": count,
             "cached_tokens": 0,
@@ -128,12 +128,10 @@ class FakeLLMInstance(ModelInstance):
             entries = []
             for token_id in ids:
                 logprob = -0.25 * count
-                alts = [
-                    {"token_id": 1000 + j, "token": f"alt{j}", "logprob": logprob - j} for j in range(1, top)
-                ]
-                own = {"token_id": token_id, "token": piece, "logprob": logprob}
-                entries.append({**own, "top_logprobs": ([own, *alts] if top else [])})
-            params["logprobs"] = json.dumps(entries)
+                alts = [TopLogprob(1000 + j, f"alt{j}", logprob - j) for j in range(1, top)]
+                own = TopLogprob(token_id, piece, logprob)
+                entries.append(TokenLogprob(token_id, piece, logprob, [own, *alts] if top else []))
+            params["logprobs"] = entries
         return InferResponse(outputs=[Tensor("text_output", "BYTES", (1,), data)], parameters=params)
 
 
@@ -148,6 +146,7 @@ class FakeLLMBackend(Backend):
 
 
 registry.register("llm_fake", FakeLLMBackend)
+LLM_BACKENDS.add("llm_fake")
 
 FAKE_CONFIG = """
 backend: "llm_fake"

@@ -10,7 +10,7 @@ import pytest
 
 from nereid.backends.llm.driver import EngineDriver
 from nereid.backends.llm.metrics import EngineMetrics
-from nereid.backends.llm.requests import Generation
+from nereid.backends.llm.requests import EngineRequest
 from nereid.server.responses import ResponseStream
 from nereid.server.types import InferRequest
 
@@ -43,7 +43,7 @@ def test_a_steps_responses_reach_the_loop_in_one_callback(make_engine, greedy) -
         try:
             for i, stream in enumerate(streams):
                 request = InferRequest("tiny", [], id=str(i), sender=stream)
-                driver.submit(request, Generation([5 + i, 6, 7], greedy(6 + i)))
+                driver.submit(request, EngineRequest([5 + i, 6, 7], greedy(6 + i)))
 
             async def read(stream: ResponseStream) -> list[int]:
                 return [len(r.outputs) for r in [r async for r in stream] if r.error is None]

@@ -124,7 +124,7 @@ def test_eos_from_generation_config(make_engine, run, collect_tokens, llama_dir,
     shutil.copytree(llama_dir, model_dir)
     (model_dir / "generation_config.json").write_text(json.dumps({"eos_token_id": [ref[eos_at]]}))
     engine = make_engine(model=str(model_dir))
-    assert ref[eos_at] in engine.model_config.eos_token_ids
+    assert ref[eos_at] in engine.checkpoint_config.eos_token_ids
     engine.add_request("eos", PROMPT, SamplingParams(temperature=0.0, max_tokens=16))
     engine.add_request("ignore", PROMPT, SamplingParams(temperature=0.0, max_tokens=16, ignore_eos=True))
     engine.add_request("min", PROMPT, SamplingParams(temperature=0.0, max_tokens=16, min_tokens=eos_at + 2))

@@ -112,6 +112,6 @@ def test_everything_at_once_matches(make_engine, llama_dir, hf_greedy, greedy, r
 def test_qwen2_with_qkv_bias_matches(make_engine, qwen2_dir, hf_greedy, greedy, run, collect_tokens):
     prompts = random_prompts(LENGTHS[::2])
     engine = make_engine(model=str(qwen2_dir), max_num_batched_tokens=16)
-    assert engine.model_config.qkv_bias and engine.model_config.tie_word_embeddings
+    assert engine.checkpoint_config.qkv_bias and engine.checkpoint_config.tie_word_embeddings
     submit_all(engine, prompts, greedy(MAX_NEW))
     assert_matches_reference(run(engine), prompts, hf_greedy(qwen2_dir, prompts, MAX_NEW), collect_tokens)

@@ -82,7 +82,9 @@ def test_smollm2_tokenizer_round_trips(smollm2):
 
 @pytest.mark.slow
 def test_smollm2_knows_the_capital_of_france(smollm2):
-    assert smollm2.model_config.num_key_value_heads == 3 and smollm2.model_config.tie_word_embeddings
+    assert (
+        smollm2.checkpoint_config.num_key_value_heads == 3 and smollm2.checkpoint_config.tie_word_embeddings
+    )
     prompt = smollm2.tokenizer.apply_chat_template(
         [{"role": "user", "content": "What is the capital of France?"}]
     )
