@@ -146,11 +146,13 @@ class NereidServer:
         if not finished:
             self.forced = True
             log.warning("--exit-timeout-secs passed: in-flight requests were cancelled")
+        # Abandoned requests may hold model instances: give their unload a token second only.
+        grace = 1.0 if self.forced else UNLOAD_GRACE_S
         try:
-            await asyncio.wait_for(self.core.stop(), UNLOAD_GRACE_S)
+            await asyncio.wait_for(self.core.stop(), grace)
         except TimeoutError:
             self.forced = True
-            log.warning("models did not unload within %.0f s; exiting anyway", UNLOAD_GRACE_S)
+            log.warning("models did not unload within %.0f s; exiting anyway", grace)
 
     async def _close_listeners(self, timeout: float) -> bool:
         """Close every listener at once, each with ``timeout`` for its in-flight work."""
@@ -162,13 +164,21 @@ class NereidServer:
         return all(result is not False for result in results)
 
 
+def _hard_exit(code: int) -> None:
+    """Exit now: threads still inside a model's ``execute`` would hold a normal exit open
+    (the interpreter and the event loop's executor both join them)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(code)
+
+
 def _watchdog(seconds: float) -> None:
-    """End the process if the drain overruns (a model stuck in ``execute`` holds threads)."""
+    """End the process if the drain itself overruns."""
 
     def expire() -> None:
         log.error("drain exceeded %.0f s; exiting now", seconds)
-        logging.shutdown()
-        os._exit(1)
+        _hard_exit(1)
 
     timer = threading.Timer(seconds, expire)
     timer.daemon = True
@@ -194,7 +204,9 @@ async def _main(settings: Settings) -> int:
     log.info("shutting down: draining in-flight requests")
     _watchdog(settings.drain_delay_secs + settings.exit_timeout_secs + UNLOAD_GRACE_S + 2)
     await server.stop()
-    return 1 if server.forced else 0
+    if server.forced:
+        _hard_exit(1)
+    return 0
 
 
 def run(argv: list[str]) -> int:
@@ -210,13 +222,6 @@ def run(argv: list[str]) -> int:
     try:
         import uvloop
 
-        code = uvloop.run(_main(settings))
+        return uvloop.run(_main(settings))
     except ImportError:
-        code = asyncio.run(_main(settings))
-    if code:
-        # Threads still inside a model's execute would hold the interpreter's exit open.
-        sys.stdout.flush()
-        sys.stderr.flush()
-        logging.shutdown()
-        os._exit(code)
-    return code
+        return asyncio.run(_main(settings))
