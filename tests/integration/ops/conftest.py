@@ -72,7 +72,7 @@ def write_slow_model(
     )
 
 
-@pytest.fixture(name="write_slow_model")
+@pytest.fixture(name="write_slow_model", scope="session")
 def write_slow_model_fixture():
     return write_slow_model
 
