@@ -228,7 +228,7 @@ class Tally:
 
 
 _INPUT = np.arange(16, dtype=np.float32).reshape(1, 16)
-_HTTP_BODY = json.dumps(
+HTTP_BODY = json.dumps(
     {
         "inputs": [
             {"name": n, "shape": [1, 16], "datatype": "FP32", "data": _INPUT.ravel().tolist()}
@@ -244,7 +244,7 @@ def _http_worker(port: int, tally: Tally, stop: threading.Event, think_s: float)
     while not stop.is_set():
         began = time.perf_counter()
         try:
-            conn.request("POST", path, _HTTP_BODY, {"content-type": "application/json"})
+            conn.request("POST", path, HTTP_BODY, {"content-type": "application/json"})
             response = conn.getresponse()
             body = response.read()
             error = None if response.status == 200 else f"HTTP {response.status}: {body[:120]!r}"

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -80,7 +80,7 @@ def _environment(env: dict[str, str]) -> Iterator[None]:
         os.environ.update(saved)
 
 
-def container_settings(container: Doc, extra_args: list[str] = ()) -> Settings:  # type: ignore[assignment]
+def container_settings(container: Doc, extra_args: Sequence[str] = ()) -> Settings:
     """The container's flags and NEREID_* variables, read by Nereid's own parser."""
     env = {e["name"]: str(e["value"]) for e in container.get("env", []) if "value" in e}
     with _environment({k: v for k, v in env.items() if k.startswith("NEREID_")}):

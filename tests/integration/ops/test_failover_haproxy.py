@@ -100,7 +100,7 @@ def test_a_session_header_keeps_requests_on_one_replica(failover, cluster):
     conn = http.client.HTTPConnection("127.0.0.1", cluster.balancer.ports["http"], timeout=10)
     for _ in range(20):
         conn.request(
-            "POST", "/v2/models/add_sub/infer", failover._HTTP_BODY, {"x-session-id": "conversation-42"}
+            "POST", "/v2/models/add_sub/infer", failover.HTTP_BODY, {"x-session-id": "conversation-42"}
         )
         response = conn.getresponse()
         response.read()
