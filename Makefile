@@ -25,7 +25,9 @@ serve: $(STAMP)
 	$(BIN)/nereid serve --model-repository $(MODEL_REPOSITORY) --http-port 8000 --grpc-port 8001 --metrics-port 8002
 
 # Strict editable installs do not see new files, so refresh the install before testing.
+# The failover tests run a real HAProxy (Debian's package); installed once, as root.
 test: $(STAMP)
+	command -v haproxy >/dev/null || (apt-get update -q && apt-get install -y -q haproxy)
 	$(BIN)/pip install -q --no-deps --config-settings editable_mode=strict -e .
 	$(BIN)/pytest -q
 

@@ -1,43 +1,46 @@
-"""Runs the whole server in one process and one event loop: HTTP, gRPC and metrics."""
+"""Runs the whole server in one process and one event loop: HTTP, gRPC and metrics.
+
+Shutdown is a drain a load balancer can follow (``NereidServer.stop``):
+
+1. readiness turns false (``core.begin_drain``); every listener keeps serving, and HTTP
+   responses ask keep-alive clients to close;
+2. after ``--drain-delay-secs`` the listeners close and idle connections with them;
+3. in-flight requests and streams get ``--exit-timeout-secs`` to finish, then are cancelled;
+4. the models unload and the process exits, within that bound even if a model's ``execute``
+   never returns (a watchdog ends the process).
+
+A second SIGTERM or SIGINT skips what is left of the drain.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
+import os
 import signal
-import socket
 import sys
-from collections.abc import Iterator
+import tempfile
+import threading
+from pathlib import Path
 from typing import Any
-
-import uvicorn
 
 from nereid.server.core import CoreOptions, InferenceCore
 from nereid.server.http.app import HttpFrontend
+from nereid.server.http.server import HttpListener
 from nereid.server.metrics import MetricsApp, build_registry
 from nereid.server.openai.app import OpenAIFrontend
 from nereid.server.settings import Settings, parse_settings
 
 log = logging.getLogger("nereid")
+# Unloading models after the drain may take this long before the watchdog ends the process.
+UNLOAD_GRACE_S = 5.0
 
 
-class _Uvicorn(uvicorn.Server):
-    """uvicorn without its own signal handling: NereidServer owns shutdown."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
-def _bind(address: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in address else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((address, port))
-    sock.listen(2048)
-    sock.setblocking(False)
-    return sock
+def single_model_repository(folder: Path, name: str) -> Path:
+    """A repository holding one link, ``name`` → ``folder`` (KServe's one-model storageUri)."""
+    root = Path(tempfile.mkdtemp(prefix="nereid-repo-"))
+    (root / name).symlink_to(folder.resolve(), target_is_directory=True)
+    return root
 
 
 class NereidServer:
@@ -45,27 +48,39 @@ class NereidServer:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        roots = settings.model_repository
+        if settings.model_name:
+            roots = [single_model_repository(roots[0], settings.model_name)]
         options = CoreOptions(settings.strict_readiness, settings.model_control_mode)
-        self.core = InferenceCore(settings.model_repository, options, settings.model_load_thread_count)
+        self.core = InferenceCore(roots, options, settings.model_load_thread_count)
         self.http = HttpFrontend(self.core, settings.http_max_input_size)
         self.http.mounts["v1"] = OpenAIFrontend(self.core)
         self.ports: dict[str, int] = {}
-        self._servers: list[_Uvicorn] = []
-        self._tasks: list[asyncio.Task[None]] = []
-        self._grpc: object | None = None
+        self._listeners: list[HttpListener] = []
+        self._grpc: Any = None
         self._stopped = asyncio.Event()
+        self._force = asyncio.Event()
+        #: Set when the drain ran out of time and work was abandoned.
+        self.forced = False
 
     async def start(self) -> None:
+        """Listen first (probes and balancers see 503 while models load), then load."""
         s = self.settings
-        models = s.load_model if s.model_control_mode == "explicit" else None
-        if models == ["*"]:
-            models = None
-        await self.core.start(models)
-        if s.exit_on_error and any(row.state != "READY" for row in self.core.repository_index()):
-            raise SystemExit(
-                "error: some models failed to load (see the table above); "
-                "--exit-on-error=false serves the others"
-            )
+        try:
+            await self._listen()
+            models = s.load_model if s.model_control_mode == "explicit" else None
+            await self.core.start(None if models == ["*"] else models)
+            if s.exit_on_error and any(row.state != "READY" for row in self.core.repository_index()):
+                raise SystemExit(
+                    "error: some models failed to load (see the table above); "
+                    "--exit-on-error=false serves the others"
+                )
+        except BaseException:
+            await self._close_listeners(0.0)
+            raise
+
+    async def _listen(self) -> None:
+        s = self.settings
         if s.allow_http:
             self.ports["http"] = await self._serve_asgi(self.http, s.http_port)
         if s.allow_grpc:
@@ -80,23 +95,9 @@ class NereidServer:
             )
 
     async def _serve_asgi(self, app: Any, port: int) -> int:
-        sock = _bind(self.settings.http_address, port)
-        config = uvicorn.Config(
-            app,
-            http="httptools",
-            loop="none",
-            lifespan="off",
-            log_level="warning",
-            access_log=False,
-            timeout_keep_alive=30,
-            backlog=2048,
-        )
-        server = _Uvicorn(config)
-        self._servers.append(server)
-        self._tasks.append(asyncio.create_task(server.serve(sockets=[sock])))
-        while not server.started:
-            await asyncio.sleep(0.01)
-        return int(sock.getsockname()[1])
+        listener = HttpListener(app, self.settings.http_address, port, self.settings.exit_timeout_secs)
+        self._listeners.append(listener)
+        return await listener.start()
 
     def model_table(self) -> str:
         rows = [
@@ -115,22 +116,73 @@ class NereidServer:
         return "\n".join([rule, line(("Model", "Version", "Status")), rule, *map(line, rows), rule])
 
     def request_stop(self) -> None:
+        """First call starts the drain; a second one cuts it short."""
+        if self._stopped.is_set():
+            log.warning("second stop signal: exiting without waiting for in-flight requests")
+            self._force.set()
         self._stopped.set()
 
     async def wait(self) -> None:
         await self._stopped.wait()
 
+    async def _sleep_unless_forced(self, seconds: float) -> None:
+        if seconds > 0 and not self._force.is_set():
+            force = asyncio.create_task(self._force.wait())
+            await asyncio.wait([force], timeout=seconds)
+            force.cancel()
+
     async def stop(self) -> None:
-        """Graceful drain: not ready, stop listening, let in-flight requests finish, unload."""
+        """Graceful drain (see the module docstring), bounded by drain delay + exit timeout."""
+        s = self.settings
         self.core.begin_drain()
-        grace = float(self.settings.exit_timeout_secs)
+        for listener in self._listeners:
+            listener.drain()
+        if s.drain_delay_secs > 0:
+            log.info("not ready; still serving for %.1f s (--drain-delay-secs)", s.drain_delay_secs)
+        await self._sleep_unless_forced(s.drain_delay_secs)
+        timeout = 0.0 if self._force.is_set() else float(s.exit_timeout_secs)
+        log.info("closing listeners; in-flight requests get %.0f s (--exit-timeout-secs)", timeout)
+        finished = await self._close_listeners(timeout)
+        if not finished:
+            self.forced = True
+            log.warning("--exit-timeout-secs passed: in-flight requests were cancelled")
+        # Abandoned requests may hold model instances: give their unload a token second only.
+        grace = 1.0 if self.forced else UNLOAD_GRACE_S
+        try:
+            await asyncio.wait_for(self.core.stop(), grace)
+        except TimeoutError:
+            self.forced = True
+            log.warning("models did not unload within %.0f s; exiting anyway", grace)
+
+    async def _close_listeners(self, timeout: float) -> bool:
+        """Close every listener at once, each with ``timeout`` for its in-flight work."""
+        jobs: list[Any] = [listener.stop(timeout) for listener in self._listeners]
         if self._grpc is not None:
-            await self._grpc.stop(grace)  # type: ignore[attr-defined]
-        for server in self._servers:
-            server.should_exit = True
-        if self._tasks:
-            await asyncio.wait(self._tasks, timeout=grace)
-        await self.core.stop()
+            jobs.append(self._grpc.stop(timeout))
+        self._listeners, self._grpc = [], None
+        results = await asyncio.gather(*jobs) if jobs else []
+        return all(result is not False for result in results)
+
+
+def _hard_exit(code: int) -> None:
+    """Exit now: threads still inside a model's ``execute`` would hold a normal exit open
+    (the interpreter and the event loop's executor both join them)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(code)
+
+
+def _watchdog(seconds: float) -> None:
+    """End the process if the drain itself overruns."""
+
+    def expire() -> None:
+        log.error("drain exceeded %.0f s; exiting now", seconds)
+        _hard_exit(1)
+
+    timer = threading.Timer(seconds, expire)
+    timer.daemon = True
+    timer.start()
 
 
 async def _main(settings: Settings) -> int:
@@ -150,7 +202,10 @@ async def _main(settings: Settings) -> int:
         log.info("started %s service at %s:%d", name, settings.http_address, port)
     await server.wait()
     log.info("shutting down: draining in-flight requests")
+    _watchdog(settings.drain_delay_secs + settings.exit_timeout_secs + UNLOAD_GRACE_S + 2)
     await server.stop()
+    if server.forced:
+        _hard_exit(1)
     return 0
 
 

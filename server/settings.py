@@ -1,4 +1,8 @@
-"""Server settings: one validated schema, filled from flags (Triton's names) or NEREID_* variables."""
+"""Server settings: one validated schema, filled from flags (Triton's names) or NEREID_* variables.
+
+Each field's ``help`` metadata is the text ``nereid serve --help`` prints, followed by the
+field's default and its ``NEREID_*`` variable. Flags win over variables, variables over defaults.
+"""
 
 from __future__ import annotations
 
@@ -21,34 +25,74 @@ def _bool(value: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got '{value}'")
 
 
+def _help(text: str) -> Any:
+    return {"help": text}
+
+
 @dataclass
 class Settings:
     """Every knob of ``nereid serve``; each field is ``--flag-name`` and ``NEREID_FLAG_NAME``."""
 
-    model_repository: list[Path] = field(default_factory=list)
-    #: Address every port binds to.
-    http_address: str = "0.0.0.0"
-    http_port: int = 8000
-    grpc_port: int = 8001
-    metrics_port: int = 8002
-    allow_http: bool = True
-    allow_grpc: bool = True
-    allow_metrics: bool = True
-    #: Ready only when every model version is READY (Triton's default).
-    strict_readiness: bool = True
-    #: Exit at start-up when any model fails to load (Triton's default).
-    exit_on_error: bool = True
-    log_verbose: int = 0
-    #: Largest HTTP request body, also after decompression.
-    http_max_input_size: int = DEFAULT_MAX_INPUT_SIZE
-    #: Largest gRPC message received.
-    grpc_max_input_size: int = DEFAULT_MAX_INPUT_SIZE
-    #: none: load all at start-up; explicit: only --load-model, then the load/unload API.
-    model_control_mode: str = "none"
-    load_model: list[str] = field(default_factory=list)
-    model_load_thread_count: int = 4
-    #: Seconds to let in-flight requests finish on shutdown.
-    exit_timeout_secs: int = 30
+    model_repository: list[Path] = field(
+        default_factory=list,
+        metadata=_help(
+            "Model repository folder (required); repeat the flag, or separate folders with commas "
+            "in the variable. Also spelled --model-store (Triton) and --model-dir (KServe)."
+        ),
+    )
+    http_address: str = field(default="0.0.0.0", metadata=_help("Address every port binds to."))
+    http_port: int = field(default=8000, metadata=_help("KServe v2 HTTP (and OpenAI) port; 0 picks one."))
+    grpc_port: int = field(default=8001, metadata=_help("KServe v2 gRPC port (h2c); 0 picks one."))
+    metrics_port: int = field(default=8002, metadata=_help("Prometheus /metrics port; 0 picks one."))
+    allow_http: bool = field(default=True, metadata=_help("Serve HTTP."))
+    allow_grpc: bool = field(default=True, metadata=_help("Serve gRPC."))
+    allow_metrics: bool = field(default=True, metadata=_help("Serve /metrics."))
+    strict_readiness: bool = field(
+        default=True,
+        metadata=_help("Ready only when every model version is READY (Triton's default)."),
+    )
+    exit_on_error: bool = field(
+        default=True, metadata=_help("Exit at start-up when any model fails to load (Triton's default).")
+    )
+    log_verbose: int = field(default=0, metadata=_help("Verbose (debug) logging when above 0."))
+    http_max_input_size: int = field(
+        default=DEFAULT_MAX_INPUT_SIZE,
+        metadata=_help("Largest HTTP request body in bytes, also after decompression."),
+    )
+    grpc_max_input_size: int = field(
+        default=DEFAULT_MAX_INPUT_SIZE, metadata=_help("Largest gRPC message received, in bytes.")
+    )
+    model_control_mode: str = field(
+        default="none",
+        metadata=_help("none: load every model at start-up; explicit: only --load-model, then the API."),
+    )
+    load_model: list[str] = field(
+        default_factory=list,
+        metadata=_help("Model to load at start-up in explicit mode ('*' for all); repeatable."),
+    )
+    model_load_thread_count: int = field(default=4, metadata=_help("Models loaded in parallel."))
+    model_name: str = field(
+        default="",
+        metadata=_help(
+            "Serve a repository folder that is itself one model's folder (config.pbtxt and version "
+            "folders at its root) under this name: KServe's --model_name={{.Name}} when storageUri "
+            "points at a single model. Unset: folder names are model names."
+        ),
+    )
+    drain_delay_secs: float = field(
+        default=2.0,
+        metadata=_help(
+            "On SIGTERM, readiness turns false at once but new connections and requests are still "
+            "served for this long, so load balancers (and Kubernetes endpoints) stop sending first."
+        ),
+    )
+    exit_timeout_secs: int = field(
+        default=30,
+        metadata=_help(
+            "After the drain delay, in-flight requests and streams get this long to finish; then "
+            "the process exits whatever is still running (a second SIGTERM or SIGINT exits at once)."
+        ),
+    )
 
     def validate(self) -> None:
         if not self.model_repository:
@@ -62,30 +106,81 @@ class Settings:
             )
         if self.http_max_input_size <= 0 or self.grpc_max_input_size <= 0:
             raise ValueError("input size limits must be positive")
+        if self.drain_delay_secs < 0 or self.exit_timeout_secs < 0:
+            raise ValueError("--drain-delay-secs and --exit-timeout-secs must not be negative")
+        if self.model_name and len(self.model_repository) != 1:
+            raise ValueError("--model-name serves exactly one --model-repository folder")
 
 
 _LISTS = {"model_repository": Path, "load_model": str}
+# Other spellings users bring from Triton and KServe runtimes.
+_ALIASES = {"--model-store": "--model-repository", "--model-dir": "--model-repository"}
+EPILOG = (
+    "Flags take precedence over NEREID_* variables. Underscore spellings (--http_port, as KServe "
+    "runtimes pass them) are accepted for every flag. Booleans take true/false, 1/0, yes/no, on/off."
+)
+
+
+def env_name(name: str) -> str:
+    return "NEREID_" + name.upper()
+
+
+def _from_env(name: str, kind: Any) -> Any:
+    raw = os.environ.get(env_name(name))
+    if raw is None:
+        return None
+    try:
+        if name in _LISTS:
+            return [kind(v) for v in raw.split(",") if v]
+        return kind(raw)
+    except (ValueError, argparse.ArgumentTypeError) as exc:
+        raise ValueError(f"{env_name(name)}={raw!r}: {exc}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="nereid serve", description="Serve a model repository")
+    parser = argparse.ArgumentParser(
+        prog="nereid serve",
+        description="Serve a model repository over KServe v2 HTTP and gRPC, with Prometheus metrics.",
+        epilog=EPILOG,
+    )
     defaults = Settings()
     for f in fields(Settings):
         flag = "--" + f.name.replace("_", "-")
-        env = os.environ.get("NEREID_" + f.name.upper())
-        if f.name in _LISTS:
-            default: Any = [_LISTS[f.name](v) for v in env.split(",")] if env else []
-            parser.add_argument(flag, action="append", type=_LISTS[f.name], default=None, dest=f.name)
-            parser.set_defaults(**{f.name: default})
-            continue
         value = getattr(defaults, f.name)
-        kind = _bool if isinstance(value, bool) else type(value)
-        parser.add_argument(flag, type=kind, default=kind(env) if env is not None else value, dest=f.name)
+        kind = _LISTS.get(f.name) or (_bool if isinstance(value, bool) else type(value))
+        env = _from_env(f.name, kind)
+        shown = ",".join(map(str, value)) if isinstance(value, list) else value
+        text = f"{f.metadata['help']} (default: {shown if shown != '' else 'unset'}; env {env_name(f.name)})"
+        metavar = f.name.split("_")[-1].upper() if f.name in _LISTS else None
+        if f.name in _LISTS:
+            parser.add_argument(flag, action="append", type=kind, default=None, dest=f.name, help=text)
+            parser.set_defaults(**{f.name: env if env is not None else []})
+            continue
+        parser.add_argument(
+            flag,
+            type=kind,
+            default=env if env is not None else value,
+            dest=f.name,
+            help=text,
+            metavar=metavar or ("BOOL" if kind is _bool else None),
+        )
     return parser
 
 
+def normalise_argv(argv: list[str]) -> list[str]:
+    """``--http_port=1`` → ``--http-port=1``, ``--model-store`` → ``--model-repository``."""
+    out = []
+    for token in argv:
+        if token.startswith("--") and len(token) > 2:
+            name, sep, value = token.partition("=")
+            name = name.replace("_", "-")
+            token = _ALIASES.get(name, name) + sep + value
+        out.append(token)
+    return out
+
+
 def parse_settings(argv: list[str]) -> Settings:
-    namespace = build_parser().parse_args(argv)
+    namespace = build_parser().parse_args(normalise_argv(argv))
     settings = Settings(**vars(namespace))
     settings.validate()
     return settings

@@ -242,6 +242,7 @@ class ServerPool:
             grpc_port=0,
             metrics_port=0,
             exit_timeout_secs=5,
+            drain_delay_secs=0,
             allow_grpc=_grpc_available(),
         )
         for key, value in overrides.items():

@@ -18,11 +18,8 @@ from nereid.proto import grpc_service_pb2 as pb
 from nereid.server.catalog import IndexEntry, ModelMetadata, ServerMetadata
 from nereid.server.datatypes import DATATYPES, NUMPY_DTYPES, element_count, tensor_from_raw, tensor_to_raw
 from nereid.server.errors import InvalidArgument, Unsupported
-<<<<<<< HEAD
-from nereid.server.stats import Duration, ModelStatistics
-=======
 from nereid.server.parameters import wire_parameters
->>>>>>> seams-llm
+from nereid.server.stats import Duration, ModelStatistics
 from nereid.server.types import InferRequest, InferResponse, Parameters, RequestedOutput, Tensor
 
 # Datatype -> the InferTensorContents field that carries it, and that field's element dtype.

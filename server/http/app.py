@@ -26,17 +26,6 @@ from nereid.server.http.generate import generate
 from nereid.server.model_config import config_from_dict, config_to_dict
 from nereid.server.settings import DEFAULT_MAX_INPUT_SIZE
 
-<<<<<<< HEAD
-Scope = dict[str, Any]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
-
-JSON = [(b"content-type", b"application/json")]
-=======
-DEFAULT_MAX_INPUT_SIZE = 64 * 1024 * 1024
->>>>>>> seams-llm
-
-
 Handler = Callable[[Request, Send, list[str]], Awaitable[None]]
 
 

@@ -14,11 +14,8 @@ import orjson
 from nereid.server.catalog import ModelMetadata
 from nereid.server.datatypes import DATATYPES, NUMPY_DTYPES, element_count, tensor_from_raw, tensor_to_raw
 from nereid.server.errors import InvalidArgument
-<<<<<<< HEAD
-from nereid.server.stats import ModelStatistics
-=======
 from nereid.server.parameters import wire_parameters
->>>>>>> seams-llm
+from nereid.server.stats import ModelStatistics
 from nereid.server.types import InferRequest, InferResponse, RequestedOutput, Tensor
 
 MAX_JSON_DEPTH = 100

@@ -1,0 +1,115 @@
+"""uvicorn as Nereid runs it: bound sockets, no signal handling of its own, and a drain that a
+load balancer can follow.
+
+While draining, every response carries ``Connection: close``: keep-alive clients and balancers
+retire their connections one response at a time while the replica still listens, instead of
+finding an idle connection closed under them when the listener goes (``Remote end closed
+connection without response``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+
+import uvicorn
+
+Scope = dict[str, Any]
+Message = dict[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+_CLOSE = (b"connection", b"close")
+
+
+class _Uvicorn(uvicorn.Server):
+    """uvicorn without its own signal handling: NereidServer owns shutdown."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def bind(address: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((address, port))
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock
+
+
+class DrainAware:
+    """ASGI wrapper: once ``draining`` is set, responses ask the client to close the connection."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.draining = False
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not self.draining or scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_closing(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", ()), _CLOSE]}
+            await send(message)
+
+        await self.app(scope, receive, send_closing)
+
+
+class HttpListener:
+    """One ASGI app served by uvicorn on one socket; ``drain`` then ``stop``."""
+
+    def __init__(self, app: ASGIApp, address: str, port: int, exit_timeout: float) -> None:
+        self.app = DrainAware(app)
+        self.sock = bind(address, port)
+        self.port = int(self.sock.getsockname()[1])
+        config = uvicorn.Config(
+            self.app,
+            http="httptools",
+            loop="none",
+            lifespan="off",
+            log_level="warning",
+            access_log=False,
+            timeout_keep_alive=30,
+            backlog=2048,
+            # uvicorn cancels what is still running after this; stop() bounds the rest.
+            timeout_graceful_shutdown=int(exit_timeout) if exit_timeout >= 1 else 1,
+        )
+        self._server = _Uvicorn(config)
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> int:
+        self._task = asyncio.create_task(self._server.serve(sockets=[self.sock]))
+        while not self._server.started:
+            if self._task.done():
+                self._task.result()  # raise what stopped it
+            await asyncio.sleep(0.01)
+        return self.port
+
+    def drain(self) -> None:
+        """Keep serving, but close each connection after its next response."""
+        self.app.draining = True
+
+    async def stop(self, timeout: float) -> bool:
+        """Close the listener and idle connections; wait up to ``timeout`` for the rest.
+
+        Returns whether every request finished in time; if not, the rest are cancelled.
+        """
+        if self._task is None:
+            return True
+        self._server.should_exit = True
+        done, _ = await asyncio.wait([self._task], timeout=timeout)
+        if done:
+            return True
+        self._server.force_exit = True
+        self._task.cancel()
+        await asyncio.wait([self._task], timeout=1.0)
+        return False
