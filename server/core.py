@@ -70,8 +70,8 @@ class InferenceCore:
         self._state = "READY"
 
     def begin_drain(self) -> None:
-        """Stop reporting live and ready (graceful shutdown has begun); requests still run."""
-        self._state = "EXITING"
+        """Graceful shutdown has begun: not ready, so balancers stop sending; still live, and requests run."""
+        self._state = "DRAINING"
 
     async def stop(self) -> None:
         self._state = "EXITING"
@@ -80,7 +80,8 @@ class InferenceCore:
     # ---- health and metadata -----------------------------------------------------------------
 
     def live(self) -> bool:
-        return self._state == "READY"
+        """Live from start-up (models may still be loading) until the models are unloaded at exit."""
+        return self._state != "EXITING"
 
     def ready(self) -> bool:
         if self._state != "READY":

@@ -92,7 +92,7 @@ def test_control_needs_explicit_mode_and_drain_stops_readiness(
         loop_thread.run(core.unload_model("ident"))
     assert core.ready()
     core.begin_drain()
-    assert not core.ready() and not core.live()
+    assert not core.ready() and core.live()  # liveness stays while draining
     loop_thread.run(core.infer(fp32_request("ident", 1)))  # requests still run while draining
 
 
