@@ -69,10 +69,15 @@ def group_by_shape(requests: list[InferRequest]) -> list[list[int]]:
     Requests share a call when they have the same input names and datatypes and the same
     shapes apart from dim 0 (the batch dimension).
     """
+    if not requests:
+        return []
+    keys = [tuple([(t.name, t.datatype, t.shape[1:]) for t in request.inputs]) for request in requests]
+    first = keys[0]
+    if all(key == first for key in keys):  # the common case: the batcher grouped them already
+        return [list(range(len(requests)))]
     groups: dict[tuple[tuple[str, str, tuple[int, ...]], ...], list[int]] = {}
-    for index, request in enumerate(requests):
-        key = tuple(sorted((t.name, t.datatype, tuple(t.shape[1:])) for t in request.inputs))
-        groups.setdefault(key, []).append(index)
+    for index, key in enumerate(keys):
+        groups.setdefault(tuple(sorted(key)), []).append(index)
     return list(groups.values())
 
 
