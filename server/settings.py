@@ -49,6 +49,39 @@ class Settings:
     model_load_thread_count: int = 4
     #: Seconds to let in-flight requests finish on shutdown.
     exit_timeout_secs: int = 30
+    # ---- security (README "Security") -----------------------------------------------------------
+    #: gRPC bind address ("" = --http-address).
+    grpc_address: str = ""
+    #: Metrics bind address ("" = --http-address); 127.0.0.1 keeps metrics off the network.
+    metrics_address: str = ""
+    #: One API key with every scope (prefer NEREID_API_KEY to the flag: flags show in `ps`).
+    api_key: str = ""
+    #: JSON file of API keys with scopes and limits; re-read when it changes.
+    api_key_file: str = ""
+    #: Triton's restricted APIs: <api>[,<api>...]:<header>=<value>, repeatable.
+    http_restricted_api: list[str] = field(default_factory=list)
+    #: The same for gRPC; the metadata key is triton-grpc-protocol-<header>.
+    grpc_restricted_protocol: list[str] = field(default_factory=list)
+    #: Requests per second per client (API key, or address without keys); 0 = no limit.
+    request_rate_limit: float = 0.0
+    #: Requests a client may send at once (0 = max(1, --request-rate-limit)).
+    request_rate_burst: float = 0.0
+    #: LLM tokens per minute per client, charged at admission (prompt bytes / 4 + max_tokens).
+    token_rate_limit: float = 0.0
+    #: Serve HTTP (with the OpenAI API) over TLS with --http-server-cert/--http-server-key.
+    http_use_ssl: bool = False
+    #: Also require client certificates signed by --http-root-cert (mTLS).
+    http_use_ssl_mutual: bool = False
+    http_server_cert: str = ""
+    http_server_key: str = ""
+    http_root_cert: str = ""
+    #: Serve gRPC over TLS with --grpc-server-cert/--grpc-server-key (Triton's flags).
+    grpc_use_ssl: bool = False
+    #: Also require client certificates signed by --grpc-root-cert (mTLS).
+    grpc_use_ssl_mutual: bool = False
+    grpc_server_cert: str = ""
+    grpc_server_key: str = ""
+    grpc_root_cert: str = ""
 
     def validate(self) -> None:
         if not self.model_repository:
@@ -62,9 +95,32 @@ class Settings:
             )
         if self.http_max_input_size <= 0 or self.grpc_max_input_size <= 0:
             raise ValueError("input size limits must be positive")
+        self.validate_security()
+
+    def validate_security(self) -> None:
+        for name in ("http", "grpc"):
+            ssl, mutual = getattr(self, f"{name}_use_ssl"), getattr(self, f"{name}_use_ssl_mutual")
+            if (ssl or mutual) and not (
+                getattr(self, f"{name}_server_cert") and getattr(self, f"{name}_server_key")
+            ):
+                raise ValueError(f"--{name}-use-ssl needs --{name}-server-cert and --{name}-server-key")
+            if mutual and not getattr(self, f"{name}_root_cert"):
+                raise ValueError(f"--{name}-use-ssl-mutual needs --{name}-root-cert")
+        if min(self.request_rate_limit, self.request_rate_burst, self.token_rate_limit) < 0:
+            raise ValueError("rate limits must not be negative")
+        from nereid.server.auth import RestrictedApis, key_store_from
+
+        RestrictedApis.parse(self.http_restricted_api)
+        RestrictedApis.parse(self.grpc_restricted_protocol, grpc=True)
+        key_store_from(self.api_key_file, self.api_key)
 
 
-_LISTS = {"model_repository": Path, "load_model": str}
+_LISTS = {
+    "model_repository": Path,
+    "load_model": str,
+    "http_restricted_api": str,
+    "grpc_restricted_protocol": str,
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,7 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
         flag = "--" + f.name.replace("_", "-")
         env = os.environ.get("NEREID_" + f.name.upper())
         if f.name in _LISTS:
-            default: Any = [_LISTS[f.name](v) for v in env.split(",")] if env else []
+            # Restriction specs hold commas themselves, so their variables separate with ";".
+            sep = ";" if "restricted" in f.name else ","
+            default: Any = [_LISTS[f.name](v) for v in env.split(sep)] if env else []
             parser.add_argument(flag, action="append", type=_LISTS[f.name], default=None, dest=f.name)
             parser.set_defaults(**{f.name: default})
             continue
