@@ -14,6 +14,7 @@ import json
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, NoReturn
+from urllib.parse import unquote
 
 import grpc
 
@@ -99,8 +100,12 @@ def _headers(context: grpc.aio.ServicerContext) -> dict[str, str]:
 
 
 def _address(context: grpc.aio.ServicerContext) -> str:
-    """The peer's host ("ipv4:127.0.0.1:5000" -> "ipv4:127.0.0.1")."""
-    return context.peer().rpartition(":")[0]
+    """The peer's host as HTTP names it ("ipv4:10.0.0.1:5000" -> "10.0.0.1", "ipv6:%5B::1%5D:5" -> "::1")."""
+    peer = context.peer()
+    kind, _, rest = peer.partition(":")
+    if kind not in ("ipv4", "ipv6"):
+        return peer
+    return unquote(rest.rpartition(":")[0]).strip("[]")
 
 
 async def _refuse(context: grpc.aio.ServicerContext, error: ServingError) -> NoReturn:

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
