@@ -22,6 +22,12 @@ class ErrorCode(Enum):
     ALREADY_EXISTS = "ALREADY_EXISTS"
     CANCELLED = "CANCELLED"
     RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
+    #: No valid credentials (HTTP 401 with WWW-Authenticate).
+    UNAUTHENTICATED = "UNAUTHENTICATED"
+    #: Valid credentials without the scope for this API group or model (HTTP 403).
+    PERMISSION_DENIED = "PERMISSION_DENIED"
+    #: A per-client rate limit is exhausted (HTTP 429 with Retry-After).
+    RATE_LIMITED = "RATE_LIMITED"
 
 
 class ServingError(Exception):
@@ -61,6 +67,24 @@ class Cancelled(ServingError):
 
 class ResourceExhausted(ServingError):
     code = ErrorCode.RESOURCE_EXHAUSTED
+
+
+class Unauthenticated(ServingError):
+    code = ErrorCode.UNAUTHENTICATED
+
+
+class PermissionDenied(ServingError):
+    code = ErrorCode.PERMISSION_DENIED
+
+
+class RateLimited(ServingError):
+    """A rate limit said no; ``retry_after_s`` is when the client may try again."""
+
+    code = ErrorCode.RATE_LIMITED
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class InternalError(ServingError):

@@ -18,22 +18,50 @@ import asyncio
 import logging
 import os
 import signal
+import ssl
 import sys
 import tempfile
 import threading
 from pathlib import Path
 from typing import Any
 
+from nereid.server.auth import Authorizer, RestrictedApis, key_store_from
 from nereid.server.core import CoreOptions, InferenceCore
+from nereid.server.gate import Gate
 from nereid.server.http.app import HttpFrontend
+from nereid.server.http.guard import HttpGuard
 from nereid.server.http.server import HttpListener
 from nereid.server.metrics import MetricsApp, build_registry
 from nereid.server.openai.app import OpenAIFrontend
+from nereid.server.ratelimit import RateLimitCollector, RateLimiter, RateLimits
 from nereid.server.settings import Settings, parse_settings
 
 log = logging.getLogger("nereid")
 # Unloading models after the drain may take this long before the watchdog ends the process.
 UNLOAD_GRACE_S = 5.0
+
+
+def build_gates(settings: Settings) -> tuple[Gate, Gate]:
+    """The HTTP and gRPC gates: one key store and one rate limiter, each transport's restrictions."""
+    keys = key_store_from(settings.api_key_file, settings.api_key)
+    limits = RateLimits(settings.request_rate_limit, settings.request_rate_burst, settings.token_rate_limit)
+    # A key file may set per-key limits even when no default limit is on.
+    limiter = RateLimiter(limits) if limits.enabled or settings.api_key_file else None
+    http = Gate(Authorizer(keys, RestrictedApis.parse(settings.http_restricted_api)), limiter)
+    grpc = Gate(Authorizer(keys, RestrictedApis.parse(settings.grpc_restricted_protocol, grpc=True)), limiter)
+    return http, grpc
+
+
+def http_tls(settings: Settings) -> dict[str, Any] | None:
+    """uvicorn's TLS options for the HTTP port (None serves plaintext)."""
+    if not (settings.http_use_ssl or settings.http_use_ssl_mutual):
+        return None
+    return {
+        "ssl_certfile": settings.http_server_cert,
+        "ssl_keyfile": settings.http_server_key,
+        "ssl_ca_certs": settings.http_root_cert or None,
+        "ssl_cert_reqs": ssl.CERT_REQUIRED if settings.http_use_ssl_mutual else ssl.CERT_NONE,
+    }
 
 
 def single_model_repository(folder: Path, name: str) -> Path:
@@ -54,6 +82,9 @@ class NereidServer:
         options = CoreOptions(settings.strict_readiness, settings.model_control_mode)
         self.core = InferenceCore(roots, options, settings.model_load_thread_count)
         self.http = HttpFrontend(self.core, settings.http_max_input_size)
+        self.http_gate, self.grpc_gate = build_gates(settings)
+        if self.http_gate.enabled:
+            self.http.guard = HttpGuard(self.http_gate)
         self.http.mounts["v1"] = OpenAIFrontend(self.core)
         self.ports: dict[str, int] = {}
         self._listeners: list[HttpListener] = []
@@ -82,20 +113,28 @@ class NereidServer:
     async def _listen(self) -> None:
         s = self.settings
         if s.allow_http:
-            self.ports["http"] = await self._serve_asgi(self.http, s.http_port)
+            self.ports["http"] = await self._serve_asgi(self.http, s.http_address, s.http_port, http_tls(s))
         if s.allow_grpc:
-            from nereid.server.grpc.server import GrpcFrontend
+            from nereid.server.grpc.server import GrpcFrontend, server_credentials
 
-            grpc_frontend = GrpcFrontend(self.core, s.grpc_max_input_size)
-            self.ports["grpc"] = await grpc_frontend.start(s.http_address, s.grpc_port)
+            credentials = None
+            if s.grpc_use_ssl or s.grpc_use_ssl_mutual:
+                credentials = server_credentials(
+                    s.grpc_server_cert, s.grpc_server_key, s.grpc_root_cert, s.grpc_use_ssl_mutual
+                )
+            grpc_frontend = GrpcFrontend(self.core, s.grpc_max_input_size, self.grpc_gate, credentials)
+            self.ports["grpc"] = await grpc_frontend.start(s.grpc_address or s.http_address, s.grpc_port)
             self._grpc = grpc_frontend
         if s.allow_metrics:
+            registry = build_registry(self.core)
+            if self.http_gate.limiter is not None:
+                registry.register(RateLimitCollector(self.http_gate.limiter))
             self.ports["metrics"] = await self._serve_asgi(
-                MetricsApp(build_registry(self.core)), s.metrics_port
+                MetricsApp(registry), s.metrics_address or s.http_address, s.metrics_port
             )
 
-    async def _serve_asgi(self, app: Any, port: int) -> int:
-        listener = HttpListener(app, self.settings.http_address, port, self.settings.exit_timeout_secs)
+    async def _serve_asgi(self, app: Any, address: str, port: int, tls: dict[str, Any] | None = None) -> int:
+        listener = HttpListener(app, address, port, self.settings.exit_timeout_secs, tls)
         self._listeners.append(listener)
         return await listener.start()
 
@@ -198,8 +237,11 @@ async def _main(settings: Settings) -> int:
         await server.core.stop()
         return 1
     print(server.model_table(), flush=True)
+    addresses = {"grpc": settings.grpc_address, "metrics": settings.metrics_address}
     for name, port in server.ports.items():
-        log.info("started %s service at %s:%d", name, settings.http_address, port)
+        log.info("started %s service at %s:%d", name, addresses.get(name) or settings.http_address, port)
+    if not server.http_gate.authorizer.enabled and settings.http_address in ("0.0.0.0", "::"):
+        log.info("serving on all interfaces without API keys (see README 'Security')")
     await server.wait()
     log.info("shutting down: draining in-flight requests")
     _watchdog(settings.drain_delay_secs + settings.exit_timeout_secs + UNLOAD_GRACE_S + 2)

@@ -94,6 +94,71 @@ class Settings:
         ),
     )
 
+    # ---- security (README "Security") ----------------------------------------------------------
+    grpc_address: str = field(default="", metadata=_help("gRPC bind address (empty: --http-address)."))
+    metrics_address: str = field(
+        default="",
+        metadata=_help(
+            "Metrics bind address (empty: --http-address); 127.0.0.1 keeps metrics off the network."
+        ),
+    )
+    api_key: str = field(
+        default="",
+        metadata=_help("One API key with every scope (prefer NEREID_API_KEY: flags show in `ps`)."),
+    )
+    api_key_file: str = field(
+        default="", metadata=_help("JSON file of API keys with scopes and limits; re-read when it changes.")
+    )
+    http_restricted_api: list[str] = field(
+        default_factory=list,
+        metadata=_help(
+            "Triton's restricted APIs: <api>[,<api>...]:<header>=<value>; repeatable (the variable separates with ';')."
+        ),
+    )
+    grpc_restricted_protocol: list[str] = field(
+        default_factory=list,
+        metadata=_help("The same for gRPC; the metadata key is triton-grpc-protocol-<header>; repeatable."),
+    )
+    request_rate_limit: float = field(
+        default=0.0,
+        metadata=_help("Requests per second per client (API key, or address without keys); 0: no limit."),
+    )
+    request_rate_burst: float = field(
+        default=0.0, metadata=_help("Requests a client may send at once (0: max(1, --request-rate-limit)).")
+    )
+    token_rate_limit: float = field(
+        default=0.0,
+        metadata=_help(
+            "LLM tokens per minute per client, charged at admission (prompt bytes / 4 + max_tokens)."
+        ),
+    )
+    http_use_ssl: bool = field(
+        default=False,
+        metadata=_help(
+            "Serve HTTP (with the OpenAI API) over TLS with --http-server-cert/--http-server-key."
+        ),
+    )
+    http_use_ssl_mutual: bool = field(
+        default=False, metadata=_help("Also require client certificates signed by --http-root-cert (mTLS).")
+    )
+    http_server_cert: str = field(default="", metadata=_help("PEM certificate of the HTTP server."))
+    http_server_key: str = field(default="", metadata=_help("PEM private key of the HTTP server."))
+    http_root_cert: str = field(
+        default="", metadata=_help("PEM CA that signs HTTP client certificates (mTLS).")
+    )
+    grpc_use_ssl: bool = field(
+        default=False,
+        metadata=_help("Serve gRPC over TLS with --grpc-server-cert/--grpc-server-key (Triton's flags)."),
+    )
+    grpc_use_ssl_mutual: bool = field(
+        default=False, metadata=_help("Also require client certificates signed by --grpc-root-cert (mTLS).")
+    )
+    grpc_server_cert: str = field(default="", metadata=_help("PEM certificate of the gRPC server."))
+    grpc_server_key: str = field(default="", metadata=_help("PEM private key of the gRPC server."))
+    grpc_root_cert: str = field(
+        default="", metadata=_help("PEM CA that signs gRPC client certificates (mTLS).")
+    )
+
     def validate(self) -> None:
         if not self.model_repository:
             raise ValueError("--model-repository is required")
@@ -110,9 +175,32 @@ class Settings:
             raise ValueError("--drain-delay-secs and --exit-timeout-secs must not be negative")
         if self.model_name and len(self.model_repository) != 1:
             raise ValueError("--model-name serves exactly one --model-repository folder")
+        self.validate_security()
+
+    def validate_security(self) -> None:
+        for name in ("http", "grpc"):
+            ssl, mutual = getattr(self, f"{name}_use_ssl"), getattr(self, f"{name}_use_ssl_mutual")
+            if (ssl or mutual) and not (
+                getattr(self, f"{name}_server_cert") and getattr(self, f"{name}_server_key")
+            ):
+                raise ValueError(f"--{name}-use-ssl needs --{name}-server-cert and --{name}-server-key")
+            if mutual and not getattr(self, f"{name}_root_cert"):
+                raise ValueError(f"--{name}-use-ssl-mutual needs --{name}-root-cert")
+        if min(self.request_rate_limit, self.request_rate_burst, self.token_rate_limit) < 0:
+            raise ValueError("rate limits must not be negative")
+        from nereid.server.auth import RestrictedApis, key_store_from
+
+        RestrictedApis.parse(self.http_restricted_api)
+        RestrictedApis.parse(self.grpc_restricted_protocol, grpc=True)
+        key_store_from(self.api_key_file, self.api_key)
 
 
-_LISTS = {"model_repository": Path, "load_model": str}
+_LISTS = {
+    "model_repository": Path,
+    "load_model": str,
+    "http_restricted_api": str,
+    "grpc_restricted_protocol": str,
+}
 # Other spellings users bring from Triton and KServe runtimes.
 _ALIASES = {"--model-store": "--model-repository", "--model-dir": "--model-repository"}
 EPILOG = (
@@ -131,7 +219,8 @@ def _from_env(name: str, kind: Any) -> Any:
         return None
     try:
         if name in _LISTS:
-            return [kind(v) for v in raw.split(",") if v]
+            # Restriction specs hold commas themselves, so their variables separate with ";".
+            return [kind(v) for v in raw.split(";" if "restricted" in name else ",") if v]
         return kind(raw)
     except (ValueError, argparse.ArgumentTypeError) as exc:
         raise ValueError(f"{env_name(name)}={raw!r}: {exc}") from None

@@ -8,6 +8,7 @@ with RESOURCE_EXHAUSTED.
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 
 import grpc
 from google.protobuf import descriptor_pool
@@ -16,6 +17,8 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from nereid.proto import grpc_service_pb2, grpc_service_pb2_grpc, model_config_pb2
 from nereid.server.core import InferenceCore
+from nereid.server.gate import Gate
+from nereid.server.grpc.guard import GrpcGuard
 from nereid.server.grpc.health import HealthServicer
 from nereid.server.grpc.service import InferenceServicer
 from nereid.server.settings import DEFAULT_MAX_INPUT_SIZE
@@ -40,19 +43,31 @@ def reflection_pool() -> descriptor_pool.DescriptorPool:
 class GrpcFrontend:
     """Owns the grpc.aio server; ``start`` and ``stop`` run on the core's event loop."""
 
-    def __init__(self, core: InferenceCore, max_input_size: int = DEFAULT_MAX_INPUT_SIZE) -> None:
+    def __init__(
+        self,
+        core: InferenceCore,
+        max_input_size: int = DEFAULT_MAX_INPUT_SIZE,
+        gate: Gate | None = None,
+        credentials: grpc.ServerCredentials | None = None,
+    ) -> None:
         self.core = core
         self.max_input_size = max_input_size
+        # Authentication, restricted protocols and rate limits, checked before every handler.
+        self.gate = gate
+        # TLS (and, with client certificates required, mTLS); None serves plaintext.
+        self.credentials = credentials
         self._server: grpc.aio.Server | None = None
 
     async def start(self, address: str, port: int) -> int:
         """Listen on ``address:port`` (0 picks a free port) and return the bound port."""
+        interceptors = [GrpcGuard(self.gate)] if self.gate is not None and self.gate.enabled else []
         server = grpc.aio.server(
+            interceptors=interceptors,
             options=[
                 ("grpc.max_receive_message_length", self.max_input_size),
                 ("grpc.max_send_message_length", -1),
                 ("grpc.so_reuseport", 0),
-            ]
+            ],
         )
         grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(self.core), server)
         health_pb2_grpc.add_HealthServicer_to_server(HealthServicer(self.core), server)
@@ -64,7 +79,10 @@ class GrpcFrontend:
         reflection.enable_server_reflection(names, server, pool=reflection_pool())
         host = f"[{address}]" if ":" in address and not address.startswith("[") else address
         try:
-            bound = server.add_insecure_port(f"{host}:{port}")
+            if self.credentials is not None:
+                bound = server.add_secure_port(f"{host}:{port}", self.credentials)
+            else:
+                bound = server.add_insecure_port(f"{host}:{port}")
         except RuntimeError as exc:
             raise OSError(f"cannot listen for gRPC on {host}:{port}: {exc}") from None
         if bound == 0:
@@ -78,3 +96,13 @@ class GrpcFrontend:
         if self._server is not None:
             await self._server.stop(grace)
             self._server = None
+
+
+def server_credentials(cert: str, key: str, root: str = "", mutual: bool = False) -> grpc.ServerCredentials:
+    """TLS credentials from PEM files (Triton's --grpc-server-cert/-key/--grpc-root-cert).
+
+    With ``mutual`` a client must present a certificate signed by ``root``.
+    """
+    pair = (Path(key).read_bytes(), Path(cert).read_bytes())
+    roots = Path(root).read_bytes() if root else None
+    return grpc.ssl_server_credentials([pair], root_certificates=roots, require_client_auth=mutual)

@@ -23,6 +23,7 @@ from nereid.server.http.asgi import (
 from nereid.server.http.asgi import allow as _allow
 from nereid.server.http.disconnect import cancel_on_disconnect
 from nereid.server.http.generate import generate
+from nereid.server.http.guard import HttpGuard
 from nereid.server.model_config import config_from_dict, config_to_dict
 from nereid.server.settings import DEFAULT_MAX_INPUT_SIZE
 
@@ -37,6 +38,8 @@ class HttpFrontend:
         self.max_input_size = max_input_size
         # Extra route prefixes (e.g. the OpenAI API) register here: first path part -> handler.
         self.mounts: dict[str, Handler] = {}
+        # Authentication, restricted APIs and rate limits (nereid.server.http.guard), when on.
+        self.guard: HttpGuard | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -46,6 +49,8 @@ class HttpFrontend:
             return
         request = Request(scope, receive, self.max_input_size)
         try:
+            if self.guard is not None and not await self.guard.admit(request, scope, send):
+                return
             await self.route(request, send)
         except (ServingError, HttpError) as exc:
             await respond_error(send, exc)

@@ -67,7 +67,9 @@ class DrainAware:
 class HttpListener:
     """One ASGI app served by uvicorn on one socket; ``drain`` then ``stop``."""
 
-    def __init__(self, app: ASGIApp, address: str, port: int, exit_timeout: float) -> None:
+    def __init__(
+        self, app: ASGIApp, address: str, port: int, exit_timeout: float, tls: dict[str, Any] | None = None
+    ) -> None:
         self.app = DrainAware(app)
         self.sock = bind(address, port)
         self.port = int(self.sock.getsockname()[1])
@@ -82,6 +84,9 @@ class HttpListener:
             backlog=2048,
             # uvicorn cancels what is still running after this; stop() bounds the rest.
             timeout_graceful_shutdown=int(exit_timeout) if exit_timeout >= 1 else 1,
+            # No "server: uvicorn": the response headers do not advertise the stack.
+            server_header=False,
+            **(tls or {}),
         )
         self._server = _Uvicorn(config)
         self._task: asyncio.Task[None] | None = None
