@@ -1,0 +1,57 @@
+"""An ensemble's statistics: its own request counters plus what each step cost inside it.
+
+The step models count each step request in their own statistics (the step goes through their
+queue); here the ensemble keeps, per step, how often it ran, failed or was skipped and the time
+from submitting the step to its last response, like Triton's per-composing-model figures
+(perf_analyzer's "Composing models" section). They appear as ``composing_models`` in the
+ensemble's ``model_stats`` entry.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from nereid.ensembles.plan import EnsemblePlan
+from nereid.server.stats import Duration, ModelStats
+
+
+@dataclass(slots=True)
+class StepStats:
+    model: str
+    version: str  # "" = the version the core picks
+    success: Duration = field(default_factory=Duration)
+    fail: Duration = field(default_factory=Duration)
+    skipped: int = 0
+
+
+class EnsembleStats(ModelStats):
+    """:class:`ModelStats` with one :class:`StepStats` per ensemble step."""
+
+    def __init__(self, plan: EnsemblePlan) -> None:
+        super().__init__()
+        self.steps = [StepStats(step.model_name, step.model_version) for step in plan.steps]
+
+    def record_step(self, index: int, ok: bool, ns: int) -> None:
+        with self._lock:
+            step = self.steps[index]
+            (step.success if ok else step.fail).add(ns)
+
+    def record_skipped(self, index: int) -> None:
+        with self._lock:
+            self.steps[index].skipped += 1
+
+    def snapshot(self, name: str, version: str) -> dict:
+        data = super().snapshot(name, version)
+        with self._lock:
+            data["composing_models"] = [
+                {
+                    "step": index,
+                    "name": step.model,
+                    "version": step.version,
+                    "success": step.success.as_dict(),
+                    "fail": step.fail.as_dict(),
+                    "skipped": step.skipped,
+                }
+                for index, step in enumerate(self.steps)
+            ]
+        return data
