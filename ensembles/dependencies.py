@@ -9,6 +9,7 @@ need each other, directly or through others, are a load error instead of a wait 
 from __future__ import annotations
 
 import asyncio
+import logging
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Protocol
@@ -16,6 +17,8 @@ from typing import Any, Protocol
 from nereid.proto import model_config_pb2 as mc
 from nereid.server.errors import ServingError
 from nereid.server.model_config import ConfigError, find_config_file, parse_config_file
+
+log = logging.getLogger(__name__)
 
 # The ensembles whose loads led to the current one, within one task.
 _CHAIN: ContextVar[tuple[str, ...]] = ContextVar("nereid_ensemble_load_chain", default=())
@@ -56,6 +59,17 @@ async def load_step_models(
     steps = step_model_names(path, override)
     if not steps:
         return
+    try:
+        await _load_steps(repository, name, steps)
+    except ConfigError as exc:
+        entry = repository.models.get(name)
+        if entry is not None and not entry.versions:
+            entry.error = exc.message  # shown in the repository index, as a config error would be
+        log.error("model '%s' failed to load: %s", name, exc.message)
+        raise
+
+
+async def _load_steps(repository: Repository, name: str, steps: list[str]) -> None:
     chain = (*_CHAIN.get(), name)
     token = _CHAIN.set(chain)
     waiting = _waits(repository)

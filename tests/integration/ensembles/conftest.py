@@ -114,6 +114,7 @@ class Ensembles:
         count: int = 1,
         extra: str = "",
         params: dict[str, str] | None = None,
+        max_batch_size: int = 0,
     ) -> None:
         values = {"op": op, "amount": str(amount), "sleep_ms": str(sleep_ms), **(params or {})}
         parameters = "\n".join(
@@ -123,7 +124,7 @@ class Ensembles:
         decoupled = "model_transaction_policy { decoupled: true }" if op == "repeat" else ""
         text = f"""
 backend: "ens_test"
-max_batch_size: 0
+max_batch_size: {max_batch_size}
 input [ {{ name: "INPUT0" data_type: {in_type} dims: [ -1 ] }} ]
 output [ {{ name: "OUTPUT0" data_type: {out_type} dims: {dims} }} ]
 instance_group [ {{ kind: KIND_CPU count: {count} }} ]
