@@ -173,12 +173,13 @@ class Run:
         data = self.tensors[when.tensor].data
         if not when.is_route:
             return bool(data.size) and bool(np.all(data))
-        if data.size != 1:
+        values = {_text(item) for item in data.reshape(-1)}
+        if len(values) != 1:
             raise InvalidArgument(
-                f"{step.label} routes on '{when.tensor}', which must hold exactly one element, "
-                f"got shape {list(data.shape)}"
+                f"{step.label} routes on '{when.tensor}', which must hold one value for the whole request, "
+                f"got {sorted(values)[:4]} in shape {list(data.shape)}"
             )
-        value = _text(data.reshape(-1)[0])
+        value = values.pop()
         return value not in when.others if when.otherwise else value in when.equals
 
     def _start(self, step: Step) -> None:
