@@ -28,8 +28,6 @@ from nereid.ensembles.stats import EnsembleStats
 from nereid.server.errors import Cancelled, InvalidArgument, ServingError, Unavailable
 from nereid.server.types import CoreHandle, InferRequest, InferResponse, RequestedOutput, Tensor
 
-_CANCEL_POLL_S = 0.05  # how often a waiting run looks at its client's cancellation flag
-
 
 def renamed(tensor: Tensor, name: str) -> Tensor:
     """The same data under another name (no copy)."""
@@ -102,24 +100,41 @@ class Run:
         self.tensors = tensors
         self.own: set[str] = set()  # tensors this run produced (a child emits these)
         self.running: dict[asyncio.Task[None], int] = {}
+        self.live: set[int] = set()  # steps started (or about to start) and not finished
+        self._finished: list[asyncio.Task[None]] = []
+        self._wake: asyncio.Future[None] | None = None
 
     async def execute(self) -> None:
+        """Run every step of this run; a step's error (or the request's cancellation) ends it."""
+        loop = asyncio.get_running_loop()
         try:
-            self._advance()
-            while self.running:
-                done, _ = await asyncio.wait(
-                    self.running, timeout=_CANCEL_POLL_S, return_when=asyncio.FIRST_COMPLETED
-                )
-                if self.context.cancelled:
-                    raise Cancelled("request was cancelled")
-                for task in done:
-                    del self.running[task]
-                    task.result()  # a step's error ends the run
-                self._advance()
+            while True:
+                ready = self._advance()
+                if len(ready) == 1 and not self.running and not ready[0].decoupled:
+                    await self._step(ready[0])  # a chain: no task, no wake-up in between
+                    self.live.discard(ready[0].index)
+                    continue
+                for step in ready:
+                    self._start(step)
+                if not self.running:
+                    return
+                if not self._finished:
+                    self._wake = loop.create_future()
+                    await self._wake
+                finished, self._finished = self._finished, []
+                for task in finished:
+                    self.live.discard(self.running.pop(task))
+                    task.result()
         except BaseException:
             await self._cancel_running()
             self.release()
             raise
+
+    def _on_done(self, task: asyncio.Task[None]) -> None:
+        if task in self.running:
+            self._finished.append(task)
+            if self._wake is not None and not self._wake.done():
+                self._wake.set_result(None)
 
     def release(self) -> None:
         self.tensors = {}
@@ -128,6 +143,7 @@ class Run:
     async def _cancel_running(self) -> None:
         tasks = list(self.running)
         self.running.clear()
+        self._finished.clear()
         for task in tasks:
             task.cancel()
         if tasks:
@@ -135,35 +151,38 @@ class Run:
 
     # ---- deciding steps ---------------------------------------------------------------------
 
-    def _advance(self) -> None:
-        """Start or skip every pending step whose fate is now known, until nothing changes."""
+    def _advance(self) -> list[Step]:
+        """Skip every pending step that cannot run; return those that can start now."""
         plan = self.context.plan
+        ready: list[Step] = []
         changed = True
         while changed:
             changed = False
             for index in sorted(self.pending):
-                if index not in self.pending:
-                    continue  # removed when a decoupled step above started
                 step = plan.steps[index]
                 reads = step.reads
                 if any(self._absent(tensor) for tensor in reads):
                     self._skip(index)
+                    changed = True
                 elif all(tensor in self.tensors for tensor in reads):
                     self.pending.discard(index)
                     if step.when is not None and not self._holds(step, step.when):
                         self._skip(index)
+                        changed = True
                     else:
-                        self._start(step)
-                else:
-                    continue
-                changed = True
+                        ready.append(step)
+                        self.live.add(index)
+                        if step.decoupled:  # its downstream steps run per response, in child runs
+                            self.pending -= self.context.plan.downstream(step.index)
+        return ready
 
     def _absent(self, tensor: str) -> bool:
         """The tensor does not exist and no step that could still produce it is pending or running."""
         if tensor in self.tensors:
             return False
-        running = self.running.values()
-        return not any(p in self.pending or p in running for p in self.context.plan.producers.get(tensor, ()))
+        return not any(
+            p in self.pending or p in self.live for p in self.context.plan.producers.get(tensor, ())
+        )
 
     def _skip(self, index: int) -> None:
         self.pending.discard(index)
@@ -185,12 +204,12 @@ class Run:
     def _start(self, step: Step) -> None:
         loop = asyncio.get_running_loop()
         if step.decoupled:
-            children = set(self.context.plan.downstream(step.index)) & self.pending
-            self.pending -= children
+            children = set(self.context.plan.downstream(step.index)) & self.context.needed
             task = loop.create_task(self._stream_step(step, children))
         else:
             task = loop.create_task(self._step(step))
         self.running[task] = step.index
+        task.add_done_callback(self._on_done)
 
     # ---- running steps ----------------------------------------------------------------------
 

@@ -20,9 +20,9 @@ from nereid.ensembles.plan import EnsemblePlan, build_plan
 from nereid.ensembles.run import Run, RunContext, renamed
 from nereid.ensembles.stats import EnsembleStats
 from nereid.proto import model_config_pb2 as mc
-from nereid.server.errors import InternalError, ServingError, Unavailable, as_serving_error
+from nereid.server.errors import Cancelled, InternalError, ServingError, Unavailable, as_serving_error
 from nereid.server.stats import ExecutionRecord
-from nereid.server.types import CoreHandle, InferRequest, InferResponse
+from nereid.server.types import CoreHandle, InferRequest, InferResponse, ResponseSender
 
 log = logging.getLogger(__name__)
 
@@ -85,9 +85,15 @@ class EnsembleScheduler:
         context = RunContext(self.plan, self.core, self.stats, request, frozenset(requested), self._emit)
         start = time.perf_counter_ns()
         root = Run(context, set(self.plan.needed_steps(context.requested)), dict(_inputs(request)))
+        watch = _CancelWatch(sender)
         try:
             await root.execute()
             await context.emitted()
+        except asyncio.CancelledError:
+            if not watch.fired:
+                raise
+            sender.send(self._response(request, error=Cancelled("request was cancelled")), final=True)
+            return
         except ServingError as exc:
             sender.send(self._response(request, error=exc), final=True)
             return
@@ -95,6 +101,8 @@ class EnsembleScheduler:
             log.exception("ensemble '%s' failed a request", self.name)
             sender.send(self._response(request, error=as_serving_error(exc)), final=True)
             return
+        finally:
+            watch.stop()
         rows = request.batch_size if self._batching else 1
         self.stats.record_execution(ExecutionRecord(rows, 1, 0, time.perf_counter_ns() - start, 0))
         produced = root.tensors if not decoupled else {n: root.tensors[n] for n in root.own}
@@ -114,6 +122,32 @@ class EnsembleScheduler:
         self, request: InferRequest, outputs: list | None = None, error: ServingError | None = None
     ) -> InferResponse:
         return InferResponse(self.name, self.version, request.id, outputs=outputs or [], error=error)
+
+
+class _CancelWatch:
+    """Cancels the current task soon after the client cancels (a sender has no callback for it).
+
+    One timer per request, re-armed while the request runs; the steps' waits stay plain awaits.
+    """
+
+    POLL_S = 0.05
+
+    def __init__(self, sender: ResponseSender) -> None:
+        self.sender = sender
+        self.fired = False
+        self._task = asyncio.current_task()
+        self._loop = asyncio.get_running_loop()
+        self._handle = self._loop.call_later(self.POLL_S, self._check)
+
+    def _check(self) -> None:
+        if self.sender.cancelled and self._task is not None:
+            self.fired = True
+            self._task.cancel()
+        else:
+            self._handle = self._loop.call_later(self.POLL_S, self._check)
+
+    def stop(self) -> None:
+        self._handle.cancel()
 
 
 def _inputs(request: InferRequest) -> dict:
