@@ -38,7 +38,7 @@ check: $(STAMP)
 	$(BIN)/ruff format --check .
 	rm -rf $(TYPECHECK) && mkdir -p $(TYPECHECK)/nereid
 	for d in server backends proto ensembles clients; do ln -s ../../../$$d $(TYPECHECK)/nereid/$$d; done
-	cd $(TYPECHECK) && ../../$(BIN)/mypy --config-file ../../pyproject.toml -p nereid.server -p nereid.backends -p nereid.clients
+	cd $(TYPECHECK) && ../../$(BIN)/mypy --config-file ../../pyproject.toml -p nereid.server -p nereid.backends -p nereid.ensembles -p nereid.clients
 
 proto: $(STAMP)
 	$(BIN)/python proto/generate.py

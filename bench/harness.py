@@ -39,7 +39,12 @@ MODELS = ROOT / "bench" / "models"
 TRITON_HOME = ROOT / "bench" / ".triton"
 PYTRITON_VERSION = "0.7.0"  # tritonserver 2.51.0; a manylinux_2_35 wheel (glibc >= 2.35)
 #: Inputs with a variable dimension get this shape after the batch dimension.
-SHAPES = {"identity": {"INPUT0": [16]}, "sleep5ms": {"INPUT0": [16]}, "add_sub": {}}
+SHAPES = {
+    "identity": {"INPUT0": [16]},
+    "sleep5ms": {"INPUT0": [16]},
+    "add_sub": {},
+    "ensemble3": {"INPUT0": [16]},
+}
 
 
 def free_port() -> int:

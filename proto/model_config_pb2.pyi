@@ -462,7 +462,7 @@ class ModelSequenceBatching(_message.Message):
 class ModelEnsembling(_message.Message):
     __slots__ = ("step", "max_inflight_responses")
     class Step(_message.Message):
-        __slots__ = ("model_name", "model_version", "input_map", "output_map", "model_namespace")
+        __slots__ = ("model_name", "model_version", "input_map", "output_map", "model_namespace", "when")
         class InputMapEntry(_message.Message):
             __slots__ = ("key", "value")
             KEY_FIELD_NUMBER: _ClassVar[int]
@@ -482,17 +482,29 @@ class ModelEnsembling(_message.Message):
         INPUT_MAP_FIELD_NUMBER: _ClassVar[int]
         OUTPUT_MAP_FIELD_NUMBER: _ClassVar[int]
         MODEL_NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+        WHEN_FIELD_NUMBER: _ClassVar[int]
         model_name: str
         model_version: int
         input_map: _containers.ScalarMap[str, str]
         output_map: _containers.ScalarMap[str, str]
         model_namespace: str
-        def __init__(self, model_name: _Optional[str] = ..., model_version: _Optional[int] = ..., input_map: _Optional[_Mapping[str, str]] = ..., output_map: _Optional[_Mapping[str, str]] = ..., model_namespace: _Optional[str] = ...) -> None: ...
+        when: EnsembleStepCondition
+        def __init__(self, model_name: _Optional[str] = ..., model_version: _Optional[int] = ..., input_map: _Optional[_Mapping[str, str]] = ..., output_map: _Optional[_Mapping[str, str]] = ..., model_namespace: _Optional[str] = ..., when: _Optional[_Union[EnsembleStepCondition, _Mapping]] = ...) -> None: ...
     STEP_FIELD_NUMBER: _ClassVar[int]
     MAX_INFLIGHT_RESPONSES_FIELD_NUMBER: _ClassVar[int]
     step: _containers.RepeatedCompositeFieldContainer[ModelEnsembling.Step]
     max_inflight_responses: int
     def __init__(self, step: _Optional[_Iterable[_Union[ModelEnsembling.Step, _Mapping]]] = ..., max_inflight_responses: _Optional[int] = ...) -> None: ...
+
+class EnsembleStepCondition(_message.Message):
+    __slots__ = ("tensor", "equals", "otherwise")
+    TENSOR_FIELD_NUMBER: _ClassVar[int]
+    EQUALS_FIELD_NUMBER: _ClassVar[int]
+    OTHERWISE_FIELD_NUMBER: _ClassVar[int]
+    tensor: str
+    equals: _containers.RepeatedScalarFieldContainer[str]
+    otherwise: bool
+    def __init__(self, tensor: _Optional[str] = ..., equals: _Optional[_Iterable[str]] = ..., otherwise: _Optional[bool] = ...) -> None: ...
 
 class ModelParameter(_message.Message):
     __slots__ = ("string_value",)

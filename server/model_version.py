@@ -9,6 +9,7 @@ from pathlib import Path
 
 from nereid.backends import registry
 from nereid.backends.base import InstanceContext, Model, ModelContext, ModelInstance
+from nereid.ensembles import EnsembleScheduler, load_ensemble
 from nereid.proto import model_config_pb2 as mc
 from nereid.server.dynamic_batcher import DynamicBatcher
 from nereid.server.errors import Unavailable
@@ -43,6 +44,13 @@ class ModelVersion:
     @property
     def platform(self) -> str:
         return self.config.platform or self.config.backend
+
+    def unready_reason(self) -> str:
+        """Why this loaded version cannot serve now ("" when it can): an ensemble's step is down."""
+        # Ensemble hook: an ensemble is ready only while every step model is.
+        if isinstance(self.scheduler, EnsembleScheduler):
+            return self.scheduler.unready_reason()
+        return ""
 
     def validate(self, request: InferRequest) -> None:
         validate_request(request, self.name, self.inputs, self.outputs, self.config.max_batch_size)
@@ -83,6 +91,8 @@ def load_version(
     name: str, version: int, config: mc.ModelConfig, model_dir: Path, core: CoreHandle | None
 ) -> ModelVersion:
     """Load one version synchronously (called on a loader thread); raises on failure."""
+    if config.platform == "ensemble":  # Ensemble hook: steps run through the core, no backend.
+        return _load_ensemble_version(name, version, config, model_dir, core)
     backend = registry.get(registry.resolve_name(config.backend, config.platform))
     context = ModelContext(name, version, config, model_dir, model_dir / str(version), core)
     model = backend.load_model(context)
@@ -101,3 +111,14 @@ def load_version(
     stats = ModelStats()
     scheduler = DynamicBatcher(name, str(version), config, outputs, instances, stats)
     return ModelVersion(name, version, config, model, instances, scheduler, inputs, outputs, stats)
+
+
+def _load_ensemble_version(
+    name: str, version: int, config: mc.ModelConfig, model_dir: Path, core: CoreHandle | None
+) -> ModelVersion:
+    """Ensemble hook: an :class:`EnsembleScheduler` in the Queue stage, no instances."""
+    context = ModelContext(name, version, config, model_dir, model_dir / str(version), core)
+    model, scheduler = load_ensemble(name, version, config, context, core)
+    inputs = {spec.name: spec for spec in input_specs(config, str(model_dir))}
+    outputs = {spec.name: spec for spec in output_specs(config, str(model_dir))}
+    return ModelVersion(name, version, config, model, [], scheduler, inputs, outputs, scheduler.stats)

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nereid.backends import registry
+from nereid.ensembles import load_step_models
+from nereid.ensembles.plan import build_plan
 from nereid.proto import model_config_pb2 as mc
 from nereid.server.catalog import IndexEntry
 from nereid.server.errors import InvalidArgument, NotFound, ServingError, Unavailable, as_serving_error
@@ -95,6 +97,7 @@ def prepare_config(
         config.platform = "onnxruntime_onnx"
     if config.platform == "ensemble":
         validate(config, origin)
+        build_plan(config, origin)  # Ensemble hook: the DAG's own checks, before any step is touched
         fill_defaults(config, "", 1, False)
         return config
     try:
@@ -138,6 +141,9 @@ class ModelRepository:
     async def load_all(self, names: list[str] | None = None) -> None:
         found = self.scan()
         wanted = found if names is None else {n: found[n] for n in names if n in found}
+        # Ensemble hook: marked loading up front, so an ensemble waits for its steps' loads.
+        for name, path in wanted.items():
+            self.models.setdefault(name, ModelEntry(name, path)).loading = True
         # Failures are recorded in each model's state; one bad model never stops the others.
         await asyncio.gather(
             *(self.load(name, path) for name, path in wanted.items()), return_exceptions=True
@@ -153,6 +159,8 @@ class ModelRepository:
         entry = self.models.setdefault(name, ModelEntry(name, path))
         entry.loading = True
         try:
+            # Ensemble hook: its step models load (or finish loading) first, outside the slots.
+            await load_step_models(self, name, path, config)
             async with self._load_slots:
                 await self._load_entry(entry, path, config)
         finally:
@@ -231,14 +239,14 @@ class ModelRepository:
                     f"Request for unknown model: '{name}' version {version} is not at ready state"
                 )
             raise NotFound(f"Request for unknown model: '{name}' version {version} is not found")
-        return model
+        return _serving(model)
 
     def latest(self, name: str) -> ModelVersion:
         """The highest loaded version of ``name``."""
         entry = self.entry(name)
         if not entry.versions:
             raise Unavailable(f"Request for unknown model: '{name}' has no available versions")
-        return entry.versions[max(entry.versions)]
+        return _serving(entry.versions[max(entry.versions)])
 
     def lookup(self, name: str, version: str = "") -> ModelVersion:
         """For metadata, config, readiness and statistics: the version named, else the highest loaded."""
@@ -253,7 +261,7 @@ class ModelRepository:
                     rows.append(IndexEntry(name, "", "UNAVAILABLE", entry.error))
                 continue
             for version in sorted(entry.states):
-                state = entry.states[version]
+                state = self._state(entry, version)
                 if ready_only and state.state != "READY":
                     continue
                 rows.append(IndexEntry(name, str(version), state.state, state.reason))
@@ -264,10 +272,19 @@ class ModelRepository:
         for entry in self.models.values():
             if entry.error or entry.loading:
                 return False
-            for state in entry.states.values():
+            for version in entry.states:
+                state = self._state(entry, version)
                 if state.state != "READY" and state.reason != "unloaded":
                     return False
         return True
+
+    @staticmethod
+    def _state(entry: ModelEntry, version: int) -> VersionState:
+        """A version's state; a READY ensemble whose step model is down reads UNAVAILABLE (hook)."""
+        state = entry.states[version]
+        model = entry.versions.get(version)
+        reason = model.unready_reason() if model is not None and state.state == "READY" else ""
+        return VersionState("UNAVAILABLE", reason) if reason else state
 
     async def unload_all(self) -> None:
         await asyncio.gather(*(self.unload(name) for name, e in self.models.items() if e.versions))
@@ -278,6 +295,14 @@ def parse_version(version: str) -> int:
     if not version.isascii() or not version.isdigit() or len(version) > 19:
         raise InvalidArgument(f"model version must be a non-negative integer, got '{version}'")
     return int(version)
+
+
+def _serving(model: ModelVersion) -> ModelVersion:
+    """Ensemble hook: a loaded ensemble serves only while every step model is ready."""
+    reason = model.unready_reason()
+    if reason:
+        raise Unavailable(f"Request for unknown model: '{model.name}' is not ready: {reason}")
+    return model
 
 
 def _reason(failure: BaseException | object) -> str:

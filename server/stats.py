@@ -146,6 +146,18 @@ class BatchStatistics:
 
 
 @dataclass(frozen=True, slots=True)
+class StepStatistics:
+    """One ensemble step as its ensemble saw it: runs, failures, skips, and time per run."""
+
+    step: int
+    name: str
+    version: str  # "" = the version the core picks
+    success: Duration
+    fail: Duration
+    skipped: int
+
+
+@dataclass(frozen=True, slots=True)
 class ModelStatistics:
     """One version's statistics as the statistics extension reports them (field names are Triton's)."""
 
@@ -157,3 +169,5 @@ class ModelStatistics:
     inference_stats: InferenceStatistics
     batch_stats: tuple[BatchStatistics, ...] = ()
     memory_usage: tuple[object, ...] = ()
+    #: Ensembles only (a Nereid extension; Triton reports composing models separately).
+    composing_models: tuple[StepStatistics, ...] | None = None

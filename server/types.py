@@ -127,6 +127,9 @@ class CoreHandle(Protocol):
 
     def model_ready(self, name: str, version: str = "") -> bool: ...
 
+    def model_config(self, name: str, version: str = "") -> mc.ModelConfig:
+        """The config of the version a request naming ``version`` gets; raises if none is ready."""
+
     async def load_model(self, name: str, config: mc.ModelConfig | None = None) -> None: ...
 
     async def unload_model(self, name: str) -> None: ...

@@ -6,6 +6,7 @@ Every check happens before anything is allocated from client-supplied sizes.
 
 from __future__ import annotations
 
+from dataclasses import fields
 from typing import Any
 
 import numpy as np
@@ -67,7 +68,12 @@ def model_metadata_json(meta: ModelMetadata) -> bytes:
 
 def statistics_json(stats: list[ModelStatistics]) -> bytes:
     """The statistics extension's ``{"model_stats": [...]}``; field names are Triton's."""
-    return dumps({"model_stats": stats})
+    return dumps({"model_stats": [_present_fields(entry) for entry in stats]})
+
+
+def _present_fields(value: Any) -> dict[str, Any]:
+    """A dataclass as a dict without its unset (None) fields; nested dataclasses encode as they are."""
+    return {f.name: v for f in fields(value) if (v := getattr(value, f.name)) is not None}
 
 
 def _parameters(value: Any, where: str) -> dict[str, Any]:
