@@ -10,9 +10,10 @@ allocated from client-supplied numbers.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
+from google.protobuf.message import DecodeError, Message
 
 from nereid.proto import grpc_service_pb2 as pb
 from nereid.server.catalog import IndexEntry, ModelMetadata, ServerMetadata
@@ -47,6 +48,20 @@ _TYPED: dict[str, tuple[str, np.dtype]] = {
 _NARROW = frozenset({"INT8", "INT16", "UINT8", "UINT16"})
 _SHARED_MEMORY = "shared_memory_region"
 _INT64_MAX = 2**63 - 1
+
+
+M = TypeVar("M", bound=Message)
+
+
+def parse(message_type: type[M], raw: bytes) -> M:
+    """``raw`` parsed as ``message_type``; InvalidArgument when it is not a valid message
+    (bad wire bytes, or strings that are not UTF-8)."""
+    try:
+        return message_type.FromString(raw)
+    except DecodeError as exc:
+        raise InvalidArgument(
+            f"the {message_type.DESCRIPTOR.full_name} message cannot be parsed: {exc}"
+        ) from None
 
 
 # ---- parameters ------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from nereid.server.http.errors import HTTP_STATUS
 from nereid.server.http.generate import generate
 from nereid.server.model_config import config_from_dict, config_to_dict
 from nereid.server.settings import DEFAULT_MAX_INPUT_SIZE
+from nereid.server.validation import parse_ascii_int
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -60,7 +61,7 @@ class Request:
         if self._body is not None:
             return self._body
         length = self.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_size:
+        if length is not None and length.isascii() and length.isdigit() and int(length) > self.max_size:
             raise ResourceExhausted(f"request body of {length} bytes exceeds the limit of {self.max_size}")
         chunks: list[bytes] = []
         size = 0
@@ -251,11 +252,7 @@ def _allow(method: str, allowed: str) -> None:
 
 
 def _header_int(value: str) -> int:
-    if not value.strip().isdigit():
-        raise InvalidArgument(
-            f"Inference-Header-Content-Length must be a non-negative integer, got '{value}'"
-        )
-    return int(value)
+    return parse_ascii_int(value, "Inference-Header-Content-Length")
 
 
 async def _health(send: Send, ok: bool, message: str) -> None:
