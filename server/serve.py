@@ -15,6 +15,7 @@ import uvicorn
 
 from nereid.server.core import CoreOptions, InferenceCore
 from nereid.server.http.app import HttpFrontend
+from nereid.server.http.connection import ConnectionLimits, LimitedHttpProtocol
 from nereid.server.metrics import MetricsApp, build_registry
 from nereid.server.openai.app import OpenAIFrontend
 from nereid.server.settings import Settings, parse_settings
@@ -81,9 +82,10 @@ class NereidServer:
 
     async def _serve_asgi(self, app: Any, port: int) -> int:
         sock = _bind(self.settings.http_address, port)
+        limits = ConnectionLimits(header_timeout=self.settings.http_header_timeout_secs)
         config = uvicorn.Config(
             app,
-            http="httptools",
+            http=LimitedHttpProtocol.with_limits(limits),
             loop="none",
             lifespan="off",
             log_level="warning",

@@ -43,6 +43,8 @@ class Settings:
     http_max_input_size: int = DEFAULT_MAX_INPUT_SIZE
     #: Largest gRPC message received.
     grpc_max_input_size: int = DEFAULT_MAX_INPUT_SIZE
+    #: Seconds a new HTTP connection, or a request that has begun, gets to send all its headers.
+    http_header_timeout_secs: float = 10.0
     #: none: load all at start-up; explicit: only --load-model, then the load/unload API.
     model_control_mode: str = "none"
     load_model: list[str] = field(default_factory=list)
@@ -62,6 +64,8 @@ class Settings:
             )
         if self.http_max_input_size <= 0 or self.grpc_max_input_size <= 0:
             raise ValueError("input size limits must be positive")
+        if self.http_header_timeout_secs <= 0:
+            raise ValueError("--http-header-timeout-secs must be positive")
 
 
 _LISTS = {"model_repository": Path, "load_model": str}
