@@ -20,19 +20,20 @@ from nereid.server.errors import InvalidArgument
 PACKAGE_PREFIX = "package:"
 
 
-def confine(model_dir: Path, relative: str, field: str) -> Path:
-    """``model_dir / relative``, refused unless it stays inside ``model_dir`` (symlinks resolved).
+def confine(model_dir: Path, relative: str, field: str, base: str = "") -> Path:
+    """``model_dir / base / relative``, refused unless it stays inside ``model_dir`` (symlinks resolved).
 
     Raises InvalidArgument naming ``field`` for absolute paths, drive letters, NUL bytes and
     any path whose resolved form leaves the model's folder (``..``, or a symlink pointing out).
-    The file need not exist; what exists of the path is resolved.
+    ``base`` is the folder inside the model's that ``relative`` is relative to (a version
+    folder, ``warmup``). The file need not exist; what exists of the path is resolved.
     """
     if not relative or "\x00" in relative:
         raise InvalidArgument(f"'{field}' must be a non-empty relative path inside the model folder")
     if PurePosixPath(relative).is_absolute() or PureWindowsPath(relative).is_absolute() or ":" in relative:
         raise InvalidArgument(f"'{field}' must be a path relative to the model folder, got an absolute path")
     root = model_dir.resolve()
-    target = (root / relative).resolve()
+    target = (root / base / relative).resolve()
     if target != root and root not in target.parents:
         raise InvalidArgument(f"'{field}' names a path outside the model folder: '{relative}'")
     return target
@@ -74,7 +75,7 @@ def confine_config_paths(
         if name:
             # Names are relative to a version folder; without one, "0" still refuses absolute names.
             for version in versions or [0]:
-                confine(model_dir, f"{version}/{name}", field)
+                confine(model_dir, name, field, base=str(version))
     for index, output in enumerate(config.output):
         if output.label_filename:
             confine(model_dir, output.label_filename, f"output[{index}].label_filename")
@@ -82,4 +83,4 @@ def confine_config_paths(
         for name, data in warmup.inputs.items():
             if data.input_data_file:
                 field = f"model_warmup[{index}].inputs[{name}].input_data_file"
-                confine(model_dir, f"warmup/{data.input_data_file}", field)
+                confine(model_dir, data.input_data_file, field, base="warmup")

@@ -6,6 +6,7 @@ Every check happens before anything is allocated from client-supplied sizes.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import numpy as np
@@ -22,9 +23,15 @@ from nereid.server.datatypes import (
 from nereid.server.errors import InvalidArgument
 from nereid.server.stats import ModelStatistics
 from nereid.server.types import InferRequest, InferResponse, RequestedOutput, Tensor
-from nereid.server.validation import check_shape, check_tensor_count, raw_element_limit
+from nereid.server.validation import MAX_TENSORS, check_shape, check_tensor_count, raw_element_limit
 
 MAX_JSON_DEPTH = 100
+#: Most JSON objects an inference request's header may hold: each input and requested output
+#: (at most MAX_TENSORS of each) with its parameters, and the request's own. Objects cost the
+#: parser the most per byte, so more are refused before parsing.
+MAX_JSON_OBJECTS = 4 * MAX_TENSORS + 8
+# A JSON string, escapes included: braces inside strings are not objects.
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
 _INT_KINDS = "iu"
 _JSON_DUMPS_OPTS = orjson.OPT_SERIALIZE_NUMPY
 
@@ -103,6 +110,12 @@ def decode_request(
                 "raw binary requests (Inference-Header-Content-Length: 0) are not supported"
             )
         header, binary = body[:header_length], memoryview(body)[header_length:]
+    # Counting braces runs at memory speed; only a body with many strips its strings to be sure.
+    if header.count(b"{") > MAX_JSON_OBJECTS and _JSON_STRING.sub(b"", header).count(b"{") > MAX_JSON_OBJECTS:
+        raise InvalidArgument(
+            f"the request JSON holds more than {MAX_JSON_OBJECTS} objects; a request may carry at most "
+            f"{MAX_TENSORS} inputs and {MAX_TENSORS} requested outputs"
+        )
     obj = loads(header)
     if not isinstance(obj, dict):
         raise InvalidArgument("the inference request must be a JSON object")
