@@ -25,7 +25,8 @@ def test_confine_accepts_paths_inside(model_dir) -> None:
 
 
 @pytest.mark.parametrize(
-    "name", ["/etc/passwd", "../../outside/x", "1/../../../outside/x", "C:\\x", "\\\\host\\share", "", "a\x00b"]
+    "name",
+    ["/etc/passwd", "../../outside/x", "1/../../../outside/x", "C:\\x", "\\\\host\\share", "", "a\x00b"],
 )
 def test_confine_refuses_escapes(model_dir, name) -> None:
     with pytest.raises(InvalidArgument, match="'default_model_filename'"):
