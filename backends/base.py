@@ -160,6 +160,9 @@ class Backend(ABC):
     default_model_filename: str = ""
     #: Instance kind used for ``KIND_AUTO`` without GPUs and for unspecified groups.
     default_instance_count: int = 1
+    #: Config ``parameters`` this backend reads as file paths: confined to the model's folder
+    #: when a load request supplies the config (see :func:`nereid.server.paths.confine`).
+    path_parameters: tuple[str, ...] = ()
 
     def auto_complete_config(self, config: mc.ModelConfig, version_dir: Path) -> None:  # noqa: B027
         """Fill missing inputs/outputs/max_batch_size/dynamic_batching from the model file."""

@@ -95,8 +95,14 @@ def serialize_bytes_tensor(array: np.ndarray) -> bytes:
 def deserialize_bytes_tensor(buffer: bytes | memoryview, count: int) -> np.ndarray:
     """Parse exactly ``count`` length-prefixed elements that must fill ``buffer`` exactly."""
     view = memoryview(buffer)
-    out = np.empty(count, dtype=object)
     offset, size = 0, len(view)
+    if count * 4 > size:
+        # Each element has a 4-byte length prefix: refuse before allocating one slot per element.
+        raise InvalidArgument(
+            f"BYTES data holds fewer elements than the shape requires ({count} need at least "
+            f"{count * 4} bytes of length prefixes, got {size} bytes)"
+        )
+    out = np.empty(count, dtype=object)
     for i in range(count):
         if offset + 4 > size:
             raise InvalidArgument(f"BYTES data holds fewer elements than the shape requires ({i} of {count})")

@@ -75,6 +75,8 @@ def parse_config_file(path: Path) -> mc.ModelConfig:
 
 def config_from_dict(data: dict, origin: str = "config") -> mc.ModelConfig:
     """A ModelConfig from JSON-like data (load API overrides); same errors as files."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{origin}: must be a JSON object of ModelConfig fields")
     config = mc.ModelConfig()
     try:
         json_format.ParseDict(data, config)

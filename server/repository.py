@@ -19,7 +19,7 @@ from nereid.ensembles import load_step_models
 from nereid.ensembles.plan import build_plan
 from nereid.proto import model_config_pb2 as mc
 from nereid.server.catalog import IndexEntry
-from nereid.server.errors import InvalidArgument, NotFound, ServingError, Unavailable, as_serving_error
+from nereid.server.errors import InvalidArgument, NotFound, ServingError, Unavailable
 from nereid.server.model_config import (
     ConfigError,
     fill_defaults,
@@ -28,6 +28,7 @@ from nereid.server.model_config import (
     validate,
 )
 from nereid.server.model_version import ModelVersion, has_gpu, load_version
+from nereid.server.paths import confine_config_paths, scrub_paths
 from nereid.server.types import CoreHandle
 
 log = logging.getLogger(__name__)
@@ -106,17 +107,34 @@ def prepare_config(
         raise ConfigError(f"{origin}: {exc.message}") from None
     backend = registry.get(backend_name)
     filename = config.default_model_filename or backend.default_model_filename
-    if auto_complete:
-        versions = available_versions(model_dir)
-        if versions:
-            probe = mc.ModelConfig()
-            probe.CopyFrom(config)
-            probe.default_model_filename = filename
-            backend.auto_complete_config(probe, model_dir / str(versions[-1]))
-            config.CopyFrom(probe)
+    versions = available_versions(model_dir)
+    # A load request's config is client input: its backend path parameters are confined too.
+    path_parameters = tuple(backend.path_parameters) if override is not None else ()
+    probe = mc.ModelConfig()
+    probe.CopyFrom(config)
+    probe.default_model_filename = filename
+    # Before auto-complete, which already opens (or imports) the model file.
+    _confine(probe, model_dir, versions, path_parameters, origin)
+    if auto_complete and versions:
+        backend.auto_complete_config(probe, model_dir / str(versions[-1]))
+        config.CopyFrom(probe)
     fill_defaults(config, filename, backend.default_instance_count, has_gpu())
     validate(config, origin)
+    _confine(config, model_dir, versions, path_parameters, origin)  # auto-complete may have set names
     return config
+
+
+def _confine(
+    config: mc.ModelConfig,
+    model_dir: Path,
+    versions: list[int],
+    path_parameters: tuple[str, ...],
+    origin: str,
+) -> None:
+    try:
+        confine_config_paths(config, model_dir, versions, path_parameters)
+    except InvalidArgument as exc:
+        raise ConfigError(f"{origin}: {exc.message}") from None
 
 
 class ModelRepository:
@@ -163,6 +181,12 @@ class ModelRepository:
             await load_step_models(self, name, path, config)
             async with self._load_slots:
                 await self._load_entry(entry, path, config)
+        except Exception as exc:
+            # Load errors reach clients: repository paths relative to the root, no other paths.
+            error = exc if isinstance(exc, ServingError) else InvalidArgument(_reason(exc))
+            error.message = self.scrub(error.message)
+            error.args = (error.message,)
+            raise error from None
         finally:
             entry.loading = False
 
@@ -172,10 +196,10 @@ class ModelRepository:
             versions = select_versions(config.version_policy, available_versions(path))
             if not versions:
                 raise ConfigError(f"{path}: no version folder matches the version policy")
-        except ServingError as exc:
-            log.error("model '%s' failed to load: %s", entry.name, exc.message)
+        except Exception as exc:
+            log.error("model '%s' failed to load: %s", entry.name, _reason(exc))
             if not entry.versions:
-                entry.error, entry.config = exc.message, None
+                entry.error, entry.config = self.scrub(_reason(exc)), None
             raise
         for version in versions:
             entry.states.setdefault(version, VersionState("LOADING"))
@@ -191,22 +215,28 @@ class ModelRepository:
                 await model.unload()
             for version in failures:
                 if version not in entry.versions:
-                    entry.states[version] = VersionState("UNAVAILABLE", _reason(failures[version]))
+                    entry.states[version] = VersionState(
+                        "UNAVAILABLE", self.scrub(_reason(failures[version]))
+                    )
             first = next(iter(failures.values()))
-            raise as_serving_error(first) if isinstance(first, Exception) else Unavailable(str(first))
+            raise first if isinstance(first, ServingError) else InvalidArgument(_reason(first))
         old = entry.versions
         for model in loaded.values():
             model.scheduler.start()
         entry.config, entry.error, entry.versions = config, "", loaded
         entry.states = {v: VersionState("READY") for v in loaded}
         for version, failure in failures.items():
-            entry.states[version] = VersionState("UNAVAILABLE", _reason(failure))
+            entry.states[version] = VersionState("UNAVAILABLE", self.scrub(_reason(failure)))
             log.error("model '%s' version %d failed to load: %s", entry.name, version, _reason(failure))
         for version, model in old.items():
             if loaded.get(version) is not model:
                 await model.unload()
         if failures and not loaded:
             raise Unavailable(f"failed to load '{entry.name}': {_reason(next(iter(failures.values())))}")
+
+    def scrub(self, message: str) -> str:
+        """``message`` fit for clients: paths relative to the repository root, no other absolute paths."""
+        return scrub_paths(message, self.roots)
 
     async def unload(self, name: str) -> None:
         check_model_name(name)

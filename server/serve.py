@@ -134,7 +134,8 @@ class NereidServer:
             )
 
     async def _serve_asgi(self, app: Any, address: str, port: int, tls: dict[str, Any] | None = None) -> int:
-        listener = HttpListener(app, address, port, self.settings.exit_timeout_secs, tls)
+        s = self.settings
+        listener = HttpListener(app, address, port, s.exit_timeout_secs, tls, s.http_header_timeout_secs)
         self._listeners.append(listener)
         return await listener.start()
 

@@ -62,6 +62,12 @@ class Settings:
     grpc_max_input_size: int = field(
         default=DEFAULT_MAX_INPUT_SIZE, metadata=_help("Largest gRPC message received, in bytes.")
     )
+    http_header_timeout_secs: float = field(
+        default=10.0,
+        metadata=_help(
+            "Seconds a new HTTP connection, or a request that has begun, gets to send all its headers."
+        ),
+    )
     model_control_mode: str = field(
         default="none",
         metadata=_help("none: load every model at start-up; explicit: only --load-model, then the API."),
@@ -175,6 +181,8 @@ class Settings:
             raise ValueError("--drain-delay-secs and --exit-timeout-secs must not be negative")
         if self.model_name and len(self.model_repository) != 1:
             raise ValueError("--model-name serves exactly one --model-repository folder")
+        if self.http_header_timeout_secs <= 0:
+            raise ValueError("--http-header-timeout-secs must be positive")
         self.validate_security()
 
     def validate_security(self) -> None:

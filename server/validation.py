@@ -13,6 +13,65 @@ from nereid.server.errors import InvalidArgument
 from nereid.server.model_config import TensorSpec
 from nereid.server.types import InferRequest
 
+#: Most dimensions a tensor may have (numpy's limit too).
+MAX_RANK = 64
+#: Largest dimension: the int64 of the gRPC shape field.
+MAX_DIM = 2**63 - 1
+#: Most inputs, or requested outputs, one request may carry; checked before any tensor is decoded.
+MAX_TENSORS = 1024
+
+
+def check_shape(name: str, shape: Any, max_elements: int) -> tuple[int, ...]:
+    """``shape`` as a tuple, refused unless it is at most MAX_RANK non-negative int64 dimensions
+    whose product is at most ``max_elements`` (what the request's data can hold)."""
+    if not isinstance(shape, list | tuple):
+        raise InvalidArgument(f"input '{name}': 'shape' must be a list of integers")
+    if len(shape) > MAX_RANK:
+        raise InvalidArgument(f"input '{name}': shape has {len(shape)} dimensions, more than {MAX_RANK}")
+    for dim in shape:
+        if isinstance(dim, bool) or not isinstance(dim, int) or not 0 <= dim <= MAX_DIM:
+            raise InvalidArgument(
+                f"input '{name}': shape {list(shape)} must hold non-negative integers below 2^63"
+            )
+    if 0 in shape:
+        return tuple(shape)
+    count = 1
+    for dim in shape:
+        count *= dim
+        if count > max_elements:
+            raise InvalidArgument(
+                f"unexpected number of elements for input '{name}': the request's data cannot hold "
+                f"the elements of shape {list(shape)} (at most {max_elements})"
+            )
+    return tuple(shape)
+
+
+def raw_element_limit(datatype: str, size: int) -> int:
+    """The most elements ``size`` bytes of raw tensor data can hold, for :func:`check_shape`.
+
+    BYTES elements need at least a 4-byte length prefix each; fixed-size types are checked
+    exactly against the data size afterwards, before anything is allocated, so only rank and
+    dimensions are limited here.
+    """
+    return size // 4 if datatype == "BYTES" else MAX_DIM
+
+
+def check_tensor_count(inputs: int, outputs: int) -> None:
+    """Refuse requests with more than MAX_TENSORS inputs or requested outputs, before decoding any."""
+    if inputs > MAX_TENSORS or outputs > MAX_TENSORS:
+        raise InvalidArgument(
+            f"a request may carry at most {MAX_TENSORS} inputs and {MAX_TENSORS} requested outputs, "
+            f"got {inputs} and {outputs}"
+        )
+
+
+def parse_ascii_int(text: str, what: str, max_digits: int = 19) -> int:
+    """A non-negative decimal integer of ASCII digits only (``"²".isdigit()`` is true, ``int("²")`` fails)."""
+    value = text.strip()
+    if not value or not value.isascii() or not value.isdigit() or len(value) > max_digits:
+        raise InvalidArgument(f"{what} must be a non-negative integer, got '{text[:40]}'")
+    return int(value)
+
 
 def validate_request(
     request: InferRequest,

@@ -32,6 +32,7 @@ T = TypeVar("T")
 
 class LLMBackend(Backend):
     default_instance_count = 1
+    path_parameters = serving.PATH_PARAMETERS
 
     def auto_complete_config(self, config: mc.ModelConfig, version_dir: Path) -> None:
         serving.auto_complete(config)

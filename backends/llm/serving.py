@@ -60,7 +60,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "max_logprobs": _int,
     "seed": _int,
 }
-_PATHS = ("model", "tokenizer")
+PATH_PARAMETERS = ("model", "tokenizer")
 
 # The Triton vLLM-backend signature; auto-complete fills it in when a config declares no inputs.
 INPUTS = (
@@ -91,7 +91,7 @@ def engine_config(context: ModelContext, instance: InstanceContext) -> EngineCon
     values: dict[str, Any] = {"device": instance.device}
     for key in context.config.parameters:
         text = context.config.parameters[key].string_value
-        if key in _PATHS:
+        if key in PATH_PARAMETERS:
             values[key] = str(resolve_path(text, context.version_dir, key))
         elif key in _PARSERS:
             try:

@@ -10,17 +10,25 @@ allocated from client-supplied numbers.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
+from google.protobuf.message import DecodeError, Message
 
 from nereid.proto import grpc_service_pb2 as pb
 from nereid.server.catalog import IndexEntry, ModelMetadata, ServerMetadata
-from nereid.server.datatypes import DATATYPES, NUMPY_DTYPES, element_count, tensor_from_raw, tensor_to_raw
+from nereid.server.datatypes import (
+    DATATYPES,
+    NUMPY_DTYPES,
+    element_count,
+    tensor_from_raw,
+    tensor_to_raw,
+)
 from nereid.server.errors import InvalidArgument, Unsupported
 from nereid.server.parameters import wire_parameters
 from nereid.server.stats import Duration, ModelStatistics
 from nereid.server.types import InferRequest, InferResponse, Parameters, RequestedOutput, Tensor
+from nereid.server.validation import check_shape, check_tensor_count, raw_element_limit
 
 # Datatype -> the InferTensorContents field that carries it, and that field's element dtype.
 # FP16 and BF16 have no typed field: they only travel in raw contents.
@@ -41,6 +49,20 @@ _TYPED: dict[str, tuple[str, np.dtype]] = {
 _NARROW = frozenset({"INT8", "INT16", "UINT8", "UINT16"})
 _SHARED_MEMORY = "shared_memory_region"
 _INT64_MAX = 2**63 - 1
+
+
+M = TypeVar("M", bound=Message)
+
+
+def parse(message_type: type[M], raw: bytes) -> M:
+    """``raw`` parsed as ``message_type``; InvalidArgument when it is not a valid message
+    (bad wire bytes, or strings that are not UTF-8)."""
+    try:
+        return message_type.FromString(raw)
+    except DecodeError as exc:
+        raise InvalidArgument(
+            f"the {message_type.DESCRIPTOR.full_name} message cannot be parsed: {exc}"
+        ) from None
 
 
 # ---- parameters ------------------------------------------------------------------------------
@@ -81,6 +103,7 @@ def encode_parameters(values: Mapping[str, Any], target: Any) -> None:
 
 def decode_request(msg: pb.ModelInferRequest) -> InferRequest:
     """An InferRequest from a ModelInferRequest; malformed tensors raise InvalidArgument."""
+    check_tensor_count(len(msg.inputs), len(msg.outputs))
     raw = msg.raw_input_contents
     if raw and len(raw) != len(msg.inputs):
         raise InvalidArgument(
@@ -104,10 +127,7 @@ def _decode_input(msg: pb.ModelInferRequest.InferInputTensor, raw: bytes | None)
     if not name:
         raise InvalidArgument("each input needs a name")
     if datatype not in DATATYPES:
-        raise InvalidArgument(f"input '{name}': unknown datatype '{datatype}'")
-    shape = tuple(msg.shape)
-    if any(dim < 0 for dim in shape):
-        raise InvalidArgument(f"input '{name}': shape {list(shape)} must hold non-negative integers")
+        raise InvalidArgument(f"input '{name}': unknown datatype '{datatype[:40]}'")
     params = decode_parameters(msg.parameters, f"input '{name}'")
     if _SHARED_MEMORY in params:
         raise Unsupported(f"input '{name}': shared memory is not supported; send the data in the request")
@@ -116,19 +136,20 @@ def _decode_input(msg: pb.ModelInferRequest.InferInputTensor, raw: bytes | None)
             raise InvalidArgument(
                 f"input '{name}': contents must not be specified when raw_input_contents is used"
             )
+        shape = check_shape(name, list(msg.shape), raw_element_limit(datatype, len(raw)))
         data = _from_raw(name, datatype, shape, raw)
     else:
+        shape = check_shape(name, list(msg.shape), _typed_count(msg.contents))
         data = _from_typed(name, datatype, shape, msg.contents)
     return Tensor(name, datatype, shape, data, params)
 
 
+def _typed_count(contents: pb.InferTensorContents) -> int:
+    """How many values the typed contents hold (only one of its fields may be set)."""
+    return max((len(values) for _, values in contents.ListFields()), default=0)
+
+
 def _from_raw(name: str, datatype: str, shape: tuple[int, ...], raw: bytes) -> np.ndarray:
-    if datatype == "BYTES" and element_count(shape) * 4 > len(raw):
-        # Every element has a 4-byte length prefix: refuse before allocating per element.
-        raise InvalidArgument(
-            f"input '{name}': {len(raw)} bytes of BYTES data cannot hold the "
-            f"{element_count(shape)} elements of shape {list(shape)}"
-        )
     try:
         return tensor_from_raw(datatype, shape, raw)
     except InvalidArgument as exc:

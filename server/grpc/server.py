@@ -15,11 +15,12 @@ from google.protobuf import descriptor_pool
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
-from nereid.proto import grpc_service_pb2, grpc_service_pb2_grpc, model_config_pb2
+from nereid.proto import grpc_service_pb2, model_config_pb2
 from nereid.server.core import InferenceCore
 from nereid.server.gate import Gate
 from nereid.server.grpc.guard import GrpcGuard
 from nereid.server.grpc.health import HealthServicer
+from nereid.server.grpc.registration import add_inference_service
 from nereid.server.grpc.service import InferenceServicer
 from nereid.server.settings import DEFAULT_MAX_INPUT_SIZE
 
@@ -69,7 +70,8 @@ class GrpcFrontend:
                 ("grpc.so_reuseport", 0),
             ],
         )
-        grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(self.core), server)
+        # Requests are parsed in the handlers, so a bad message is INVALID_ARGUMENT (registration.py).
+        add_inference_service(InferenceServicer(self.core), server)
         health_pb2_grpc.add_HealthServicer_to_server(HealthServicer(self.core), server)
         names = (
             INFERENCE_SERVICE,

@@ -3,8 +3,8 @@
 Each request runs as its own task and puts its responses in one outbox that the RPC handler
 writes from (gRPC allows a single writer per stream). Like Triton, every streamed response
 carries ``triton_final_response``; responses of non-decoupled models keep request order,
-those of decoupled models go out as they come. A failed request becomes a response with
-``error_message`` and the stream stays open. Closing or cancelling the stream cancels
+those of decoupled models go out as they come. A failed request, or a message that is not a
+valid ModelInferRequest, becomes a response with ``error_message`` and the stream stays open. Closing or cancelling the stream cancels
 whatever is still in flight.
 """
 
@@ -16,8 +16,9 @@ from collections.abc import AsyncIterator
 
 from nereid.proto import grpc_service_pb2 as pb
 from nereid.server.core import InferenceCore
-from nereid.server.errors import ServingError, as_serving_error
+from nereid.server.errors import InvalidArgument, ServingError, as_serving_error
 from nereid.server.grpc import codec
+from nereid.server.grpc.codec import parse
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,8 @@ class StreamSession:
         # Written when the latest non-decoupled request's responses are in the outbox.
         self._ordered_tail: asyncio.Future[None] | None = None
 
-    def start(self, requests: AsyncIterator[pb.ModelInferRequest]) -> None:
+    def start(self, requests: AsyncIterator[bytes | pb.ModelInferRequest]) -> None:
+        """Read ``requests`` (messages, or raw bytes parsed here) until the client is done."""
         self._reader = asyncio.create_task(self._read(requests))
 
     async def next(self) -> Outgoing | None:
@@ -58,10 +60,16 @@ class StreamSession:
         if pending:
             await asyncio.gather(*pending, return_exceptions=True)
 
-    async def _read(self, requests: AsyncIterator[pb.ModelInferRequest]) -> None:
+    async def _read(self, requests: AsyncIterator[bytes | pb.ModelInferRequest]) -> None:
         try:
-            async for msg in requests:
-                self._spawn(msg)
+            async for item in requests:
+                if isinstance(item, bytes):
+                    try:
+                        self._spawn(parse(pb.ModelInferRequest, item))
+                    except InvalidArgument as exc:
+                        self._spawn(pb.ModelInferRequest(), exc)
+                else:
+                    self._spawn(item)
             if self._tasks:
                 await asyncio.gather(*self._tasks, return_exceptions=True)
         except Exception as exc:  # the call itself broke; the handler ends it and cancels the rest
@@ -69,12 +77,12 @@ class StreamSession:
         finally:
             self._outbox.put_nowait(_DONE)
 
-    def _spawn(self, msg: pb.ModelInferRequest) -> None:
+    def _spawn(self, msg: pb.ModelInferRequest, invalid: InvalidArgument | None = None) -> None:
         previous = done = None
-        if not self._decoupled(msg):
+        if invalid is not None or not self._decoupled(msg):
             previous = self._ordered_tail
             done = self._ordered_tail = asyncio.get_running_loop().create_future()
-        task = asyncio.create_task(self._serve(msg, previous, done))
+        task = asyncio.create_task(self._serve(msg, previous, done, invalid))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -89,13 +97,14 @@ class StreamSession:
         msg: pb.ModelInferRequest,
         previous: asyncio.Future[None] | None,
         done: asyncio.Future[None] | None,
+        invalid: InvalidArgument | None = None,
     ) -> None:
         try:
             if done is None:
                 async for item in self._results(msg):
                     self._outbox.put_nowait(item)
                 return
-            items = [item async for item in self._results(msg)]
+            items = [_error(msg, invalid, True)] if invalid else [item async for item in self._results(msg)]
             if previous is not None:
                 await asyncio.shield(previous)
             for item in items:

@@ -26,6 +26,7 @@ from nereid.server.http.generate import generate
 from nereid.server.http.guard import HttpGuard
 from nereid.server.model_config import config_from_dict, config_to_dict
 from nereid.server.settings import DEFAULT_MAX_INPUT_SIZE
+from nereid.server.validation import parse_ascii_int
 
 Handler = Callable[[Request, Send, list[str]], Awaitable[None]]
 
@@ -158,11 +159,7 @@ class HttpFrontend:
 
 
 def _header_int(value: str) -> int:
-    if not value.strip().isdigit():
-        raise InvalidArgument(
-            f"Inference-Header-Content-Length must be a non-negative integer, got '{value}'"
-        )
-    return int(value)
+    return parse_ascii_int(value, "Inference-Header-Content-Length")
 
 
 async def _health(send: Send, ok: bool, message: str) -> None:

@@ -53,7 +53,7 @@ class Request:
         if self._body is not None:
             return self._body
         length = self.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_size:
+        if length is not None and length.isascii() and length.isdigit() and int(length) > self.max_size:
             raise ResourceExhausted(f"request body of {length} bytes exceeds the limit of {self.max_size}")
         chunks: list[bytes] = []
         size = 0

@@ -6,6 +6,7 @@ Every check happens before anything is allocated from client-supplied sizes.
 
 from __future__ import annotations
 
+import re
 from dataclasses import fields
 from typing import Any
 
@@ -13,13 +14,26 @@ import numpy as np
 import orjson
 
 from nereid.server.catalog import ModelMetadata
-from nereid.server.datatypes import DATATYPES, NUMPY_DTYPES, element_count, tensor_from_raw, tensor_to_raw
+from nereid.server.datatypes import (
+    DATATYPES,
+    NUMPY_DTYPES,
+    element_count,
+    tensor_from_raw,
+    tensor_to_raw,
+)
 from nereid.server.errors import InvalidArgument
 from nereid.server.parameters import wire_parameters
 from nereid.server.stats import ModelStatistics
 from nereid.server.types import InferRequest, InferResponse, RequestedOutput, Tensor
+from nereid.server.validation import MAX_TENSORS, check_shape, check_tensor_count, raw_element_limit
 
 MAX_JSON_DEPTH = 100
+#: Most JSON objects an inference request's header may hold: each input and requested output
+#: (at most MAX_TENSORS of each) with its parameters, and the request's own. Objects cost the
+#: parser the most per byte, so more are refused before parsing.
+MAX_JSON_OBJECTS = 4 * MAX_TENSORS + 8
+# A JSON string, escapes included: braces inside strings are not objects.
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
 _INT_KINDS = "iu"
 _JSON_DUMPS_OPTS = orjson.OPT_SERIALIZE_NUMPY
 
@@ -87,15 +101,6 @@ def _parameters(value: Any, where: str) -> dict[str, Any]:
     return value
 
 
-def _shape(value: Any, name: str) -> tuple[int, ...]:
-    if not isinstance(value, list):
-        raise InvalidArgument(f"input '{name}': 'shape' must be a list of integers")
-    for dim in value:
-        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 0:
-            raise InvalidArgument(f"input '{name}': shape {value} must hold non-negative integers")
-    return tuple(value)
-
-
 def decode_request(
     body: bytes, header_length: int | None, model_name: str, model_version: str
 ) -> InferRequest:
@@ -112,6 +117,12 @@ def decode_request(
                 "raw binary requests (Inference-Header-Content-Length: 0) are not supported"
             )
         header, binary = body[:header_length], memoryview(body)[header_length:]
+    # Counting braces runs at memory speed; only a body with many strips its strings to be sure.
+    if header.count(b"{") > MAX_JSON_OBJECTS and _JSON_STRING.sub(b"", header).count(b"{") > MAX_JSON_OBJECTS:
+        raise InvalidArgument(
+            f"the request JSON holds more than {MAX_JSON_OBJECTS} objects; a request may carry at most "
+            f"{MAX_TENSORS} inputs and {MAX_TENSORS} requested outputs"
+        )
     obj = loads(header)
     if not isinstance(obj, dict):
         raise InvalidArgument("the inference request must be a JSON object")
@@ -121,17 +132,19 @@ def decode_request(
     raw_inputs = obj.get("inputs")
     if not isinstance(raw_inputs, list) or not raw_inputs:
         raise InvalidArgument("the request needs a non-empty 'inputs' list")
+    raw_outputs = _list(obj.get("outputs", []), "outputs")
+    check_tensor_count(len(raw_inputs), len(raw_outputs))
     inputs: list[Tensor] = []
     offset = 0
     for item in raw_inputs:
-        tensor, used = _decode_input(item, binary, offset)
+        tensor, used = _decode_input(item, binary, offset, len(header))
         inputs.append(tensor)
         offset += used
     if offset != len(binary):
         raise InvalidArgument(
             f"the body has {len(binary) - offset} bytes of binary data that no input's binary_data_size claims"
         )
-    outputs = [_decode_output(item) for item in _list(obj.get("outputs", []), "outputs")]
+    outputs = [_decode_output(item) for item in raw_outputs]
     return InferRequest(
         model_name=model_name,
         model_version=model_version,
@@ -148,16 +161,15 @@ def _list(value: Any, what: str) -> list[Any]:
     return value
 
 
-def _decode_input(item: Any, binary: memoryview, offset: int) -> tuple[Tensor, int]:
+def _decode_input(item: Any, binary: memoryview, offset: int, json_size: int) -> tuple[Tensor, int]:
     if not isinstance(item, dict):
         raise InvalidArgument("each input must be a JSON object")
     name = item.get("name")
     if not isinstance(name, str) or not name:
         raise InvalidArgument("each input needs a 'name' string")
     datatype = item.get("datatype")
-    if datatype not in DATATYPES:
-        raise InvalidArgument(f"input '{name}': unknown datatype {datatype!r}")
-    shape = _shape(item.get("shape"), name)
+    if not isinstance(datatype, str) or datatype not in DATATYPES:
+        raise InvalidArgument(f"input '{name}': unknown datatype {_brief(datatype)}")
     params = _parameters(item.get("parameters"), f"input '{name}'")
     size = params.get("binary_data_size")
     if size is not None:
@@ -168,12 +180,23 @@ def _decode_input(item: Any, binary: memoryview, offset: int) -> tuple[Tensor, i
                 f"input '{name}': binary_data_size {size} runs past the end of the body "
                 f"({len(binary) - offset} bytes left)"
             )
-        data = tensor_from_raw(datatype, shape, binary[offset : offset + size])
+        shape = check_shape(name, item.get("shape"), raw_element_limit(datatype, size))
+        try:
+            data = tensor_from_raw(datatype, shape, binary[offset : offset + size])
+        except InvalidArgument as exc:
+            raise InvalidArgument(f"input '{name}': {exc.message}") from None
         params = {k: v for k, v in params.items() if k != "binary_data_size"}
         return Tensor(name, datatype, shape, data, params), size
     if "data" not in item:
         raise InvalidArgument(f"input '{name}' has neither 'data' nor 'binary_data_size'")
+    # Each JSON element takes at least one character of the body.
+    shape = check_shape(name, item.get("shape"), json_size)
     return Tensor(name, datatype, shape, json_data(name, datatype, shape, item["data"]), params), 0
+
+
+def _brief(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def json_data(name: str, datatype: str, shape: tuple[int, ...], data: Any) -> np.ndarray:

@@ -17,6 +17,8 @@ from typing import Any
 
 import uvicorn
 
+from nereid.server.http.connection import ConnectionLimits, LimitedHttpProtocol
+
 Scope = dict[str, Any]
 Message = dict[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -68,14 +70,21 @@ class HttpListener:
     """One ASGI app served by uvicorn on one socket; ``drain`` then ``stop``."""
 
     def __init__(
-        self, app: ASGIApp, address: str, port: int, exit_timeout: float, tls: dict[str, Any] | None = None
+        self,
+        app: ASGIApp,
+        address: str,
+        port: int,
+        exit_timeout: float,
+        tls: dict[str, Any] | None = None,
+        header_timeout: float = 10.0,
     ) -> None:
         self.app = DrainAware(app)
         self.sock = bind(address, port)
         self.port = int(self.sock.getsockname()[1])
         config = uvicorn.Config(
             self.app,
-            http="httptools",
+            # httptools with header count, size and slow-header limits (server/http/connection.py).
+            http=LimitedHttpProtocol.with_limits(ConnectionLimits(header_timeout=header_timeout)),
             loop="none",
             lifespan="off",
             log_level="warning",
