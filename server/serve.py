@@ -45,7 +45,12 @@ class NereidServer:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        options = CoreOptions(settings.strict_readiness, settings.model_control_mode)
+        options = CoreOptions(
+            settings.strict_readiness,
+            settings.model_control_mode,
+            settings.repository_poll_secs,
+            settings.model_memory_budget,
+        )
         self.core = InferenceCore(settings.model_repository, options, settings.model_load_thread_count)
         self.http = HttpFrontend(self.core, settings.http_max_input_size)
         self.http.mounts["v1"] = OpenAIFrontend(self.core)

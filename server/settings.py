@@ -43,9 +43,14 @@ class Settings:
     http_max_input_size: int = DEFAULT_MAX_INPUT_SIZE
     #: Largest gRPC message received.
     grpc_max_input_size: int = DEFAULT_MAX_INPUT_SIZE
-    #: none: load all at start-up; explicit: only --load-model, then the load/unload API.
+    #: none: load all at start-up; poll: also apply repository changes every
+    #: --repository-poll-secs; explicit: only --load-model (``*``: all), then the load/unload API.
     model_control_mode: str = "none"
+    repository_poll_secs: float = 15.0
     load_model: list[str] = field(default_factory=list)
+    #: Bytes all loaded models may take (estimated from their files; 0: no limit). Loading past
+    #: it evicts the least recently used idle model, which its next request loads again.
+    model_memory_budget: int = 0
     model_load_thread_count: int = 4
     #: Seconds to let in-flight requests finish on shutdown.
     exit_timeout_secs: int = 30
@@ -56,10 +61,14 @@ class Settings:
         for port in (self.http_port, self.grpc_port, self.metrics_port):
             if not 0 <= port <= 65535:
                 raise ValueError(f"port {port} is outside 0..65535")
-        if self.model_control_mode not in ("none", "explicit"):
+        if self.model_control_mode not in ("none", "poll", "explicit"):
             raise ValueError(
-                f"--model-control-mode must be 'none' or 'explicit', got '{self.model_control_mode}'"
+                f"--model-control-mode must be 'none', 'poll' or 'explicit', got '{self.model_control_mode}'"
             )
+        if self.repository_poll_secs <= 0:
+            raise ValueError("--repository-poll-secs must be positive")
+        if self.model_memory_budget < 0:
+            raise ValueError("--model-memory-budget must be >= 0 bytes")
         if self.http_max_input_size <= 0 or self.grpc_max_input_size <= 0:
             raise ValueError("input size limits must be positive")
 
