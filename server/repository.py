@@ -271,7 +271,8 @@ class ModelRepository:
             entry.routing = RoutingPolicy(entry.name, routing) if routing is not None else None
         entry.config, entry.error, entry.versions = config, "", loaded
         entry.evicted, entry.footprint, entry.last_used = False, size, time.monotonic()
-        entry.states = {v: VersionState("READY") for v in loaded}
+        entry.states = {v: VersionState("UNAVAILABLE", "unloaded") for v in old if v not in loaded}
+        entry.states.update({v: VersionState("READY") for v in loaded})
         for version, failure in failures.items():
             entry.states[version] = VersionState("UNAVAILABLE", _reason(failure))
             log.error("model '%s' version %d failed to load: %s", entry.name, version, _reason(failure))

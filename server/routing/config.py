@@ -94,12 +94,11 @@ def routing_config(config: mc.ModelConfig, origin: str) -> RoutingConfig | None:
     )
     if parsed.canary and parsed.weights:
         raise ConfigError(f"{where}: 'weights' and 'canary' are exclusive (the canary sets the split)")
-    canary = parsed.canary
-    if canary and canary.min_agreement is not None:
-        if parsed.shadow is None or parsed.shadow.version != canary.candidate:
-            raise ConfigError(
-                f"{where}.canary.min_agreement needs 'shadow.version' = the candidate ({canary.candidate})"
-            )
+    canary, shadow = parsed.canary, parsed.shadow
+    if canary and canary.min_agreement is not None and (shadow is None or shadow.version != canary.candidate):
+        raise ConfigError(
+            f"{where}.canary.min_agreement needs 'shadow.version' = the candidate ({canary.candidate})"
+        )
     return parsed
 
 

@@ -47,7 +47,7 @@ def test_environment_variables(monkeypatch):
     [
         ([], "--model-repository is required"),
         (["--model-repository", "m", "--http-port", "70000"], "outside"),
-        (["--model-repository", "m", "--model-control-mode", "poll"], "model-control-mode"),
+        (["--model-repository", "m", "--model-control-mode", "watch"], "model-control-mode"),
     ],
 )
 def test_invalid_settings(argv, message):
