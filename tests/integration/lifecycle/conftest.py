@@ -46,7 +46,9 @@ class _Instance(ModelInstance):
         if model.fails:
             raise RuntimeError("this version always fails")
         return [
-            InferResponse(outputs=[Tensor("OUTPUT0", "FP32", r.inputs[0].shape, r.inputs[0].data * model.factor)])
+            InferResponse(
+                outputs=[Tensor("OUTPUT0", "FP32", r.inputs[0].shape, r.inputs[0].data * model.factor)]
+            )
             for r in requests
         ]
 

@@ -8,7 +8,9 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
 
-def _load(running, data, stop: threading.Event, failures: list[str], counts: list[int], transport: str) -> None:
+def _load(
+    running, data, stop: threading.Event, failures: list[str], counts: list[int], transport: str
+) -> None:
     module = httpclient if transport == "http" else grpcclient
     client = module.InferenceServerClient(running.http_url if transport == "http" else running.grpc_url)
     tensor = module.InferInput("INPUT0", [1, 4], "FP32")
