@@ -9,6 +9,7 @@ which version serves a request that names none is the core's decision
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import time
@@ -164,6 +165,9 @@ class ModelRepository:
         self.memory_budget = memory_budget
         self.restore_timeout = restore_timeout
         self.evictions = 0
+        self._budget_turn: contextlib.AbstractAsyncContextManager[object] = (
+            asyncio.Lock() if memory_budget else contextlib.nullcontext()
+        )
 
     def scan(self) -> dict[str, Path]:
         found: dict[str, Path] = {}
@@ -208,7 +212,8 @@ class ModelRepository:
         async with entry.lock:
             entry.loading = True
             try:
-                async with self._load_slots:
+                # Under a memory budget loads take turns, so none counts on room another takes.
+                async with self._budget_turn, self._load_slots:
                     await self._load_entry(entry, path, config)
             except BaseException:
                 if files:

@@ -66,7 +66,8 @@ class NereidServer:
         if models == ["*"]:
             models = None
         await self.core.start(models)
-        if s.exit_on_error and any(row.state != "READY" for row in self.core.repository_index()):
+        failed = [r for r in self.core.repository_index() if r.state != "READY" and r.reason != "evicted"]
+        if s.exit_on_error and failed:
             raise SystemExit(
                 "error: some models failed to load (see the table above); "
                 "--exit-on-error=false serves the others"
