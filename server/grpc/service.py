@@ -111,7 +111,13 @@ class InferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
 
     @_unary
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Context) -> pb.ModelInferResponse:
-        response = await self.core.infer(codec.decode_request(request))
+        infer_request = codec.decode_request(request)
+        sticky = self.core.router.sticky_header(request.model_name)
+        if sticky:
+            for key, value in context.invocation_metadata() or ():
+                if key == sticky:
+                    infer_request.parameters.setdefault(sticky, value)
+        response = await self.core.infer(infer_request)
         return codec.encode_response(response)
 
     async def ModelStreamInfer(

@@ -218,6 +218,9 @@ class HttpFrontend:
         header = request.headers.get("inference-header-content-length")
         header_length = _header_int(header) if header is not None else None
         infer_request = codec.decode_request(body, header_length, name, version)
+        sticky = self.core.router.sticky_header(name)
+        if sticky and sticky in request.headers:
+            infer_request.parameters.setdefault(sticky, request.headers[sticky])
         response = await cancel_on_disconnect(request, self.core.infer(infer_request))
         payload, json_length = codec.encode_response(infer_request, response)
         if json_length is None:

@@ -42,7 +42,7 @@ class RoutingPolicy:
         self.canary = CanaryController(model, config.canary) if config.canary else None
         self.shadow_stats = ShadowStats()
         self._sticky_key = (config.sticky.parameter or config.sticky.header) if config.sticky else ""
-        self._sticky_header = config.sticky.header if config.sticky else ""
+        self.sticky_header = config.sticky.header if config.sticky else ""
         cumulative, table = 0.0, []
         for version, weight in config.weights:
             cumulative += weight
@@ -53,8 +53,8 @@ class RoutingPolicy:
         params = request.parameters
         if self._sticky_key and params:
             key = params.get(self._sticky_key)
-            if key is None and self._sticky_header:
-                key = params.get(self._sticky_header)
+            if key is None and self.sticky_header:
+                key = params.get(self.sticky_header)
             if key is not None:
                 return sticky_point(self.model, key)
         return random.random() * 100.0

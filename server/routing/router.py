@@ -61,6 +61,16 @@ class Router:
         repository.touch(request.model_name)
         return model
 
+    def sticky_header(self, name: str) -> str:
+        """The header (lower case) whose value pins users of ``name`` to a version, or "".
+
+        Front-ends copy it into the request's parameters under its own name, as Triton's
+        ``--http-header-forward-pattern`` does.
+        """
+        entry = self.repository.models.get(name)
+        policy = entry.routing if entry is not None else None
+        return policy.sticky_header if policy is not None else ""
+
     def observe(
         self,
         model: ModelVersion,

@@ -88,3 +88,24 @@ def test_a_bad_routing_reload_keeps_the_previous_config(root, start_server, kit)
         assert "weights" in str(exc)
     assert running.core.routing_state("m")["shares"] == {"1": 80.0, "2": 20.0}
     assert client.is_model_ready("m", "2")
+
+
+def test_sticky_by_header_over_both_transports(root, start_server, kit):
+    import tritonclient.grpc as grpcclient
+
+    from nereid.server.routing.policy import sticky_point
+
+    text = "weights: {1: 50, 2: 50}\nsticky: {header: X-User}"
+    kit.make_model(root, "m", (1, 2), "version_policy: { all { } }\n" + kit.routing_param(text))
+    running = start_server(root)
+    http = httpclient.InferenceServerClient(running.http_url)
+    grpc = grpcclient.InferenceServerClient(running.grpc_url)
+    h_in = httpclient.InferInput("INPUT0", [1, 4], "FP32")
+    g_in = grpcclient.InferInput("INPUT0", [1, 4], "FP32")
+    h_in.set_data_from_numpy(kit.ones())
+    g_in.set_data_from_numpy(kit.ones())
+    for user in [f"u{i}" for i in range(8)]:
+        expected = "1" if sticky_point("m", user) < 50 else "2"
+        got_http = http.infer("m", [h_in], headers={"X-User": user}).get_response()["model_version"]
+        got_grpc = grpc.infer("m", [g_in], headers={"x-user": user}).get_response().model_version
+        assert got_http == got_grpc == expected
