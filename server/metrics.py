@@ -140,9 +140,9 @@ class CoreCollector:
                 c = policy.canary
                 canary.add_metric([name, str(c.canary.candidate), c.status], c.share)
             if policy.config.shadow is not None:
-                counts, version = policy.shadow_stats, str(policy.config.shadow.version)
+                counts, target = policy.shadow_stats, str(policy.config.shadow.version)
                 for result in ("agree", "disagree", "error"):
-                    shadow.add_metric([name, version, result], getattr(counts, result))
+                    shadow.add_metric([name, target, result], getattr(counts, result))
         budget = GaugeMetricFamily(
             "nereid_model_memory_budget_bytes", "The memory budget for loaded models (0: none)"
         )

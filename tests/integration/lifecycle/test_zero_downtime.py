@@ -36,7 +36,7 @@ def test_swaps_under_concurrent_load_lose_nothing(root, start_server, kit):
     admin = httpclient.InferenceServerClient(running.http_url)
     try:
         for version in range(2, 7):  # each load brings a new version in and drains the old one
-            kit.wait_until(lambda: len(counts) >= 20 * (version - 1))
+            kit.wait_until(lambda v=version: len(counts) >= 20 * (v - 1))
             kit.add_version(folder, version)
             admin.load_model("m")
             assert running.core.repository.latest("m").version == version
