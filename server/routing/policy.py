@@ -72,6 +72,14 @@ class RoutingPolicy:
                 return version
         return self._table[-1][1]
 
+    def default_version(self, loaded: dict[int, object]) -> int | None:
+        """Without weights or a canary: the highest loaded version that is not the shadow's."""
+        shadow = self.config.shadow
+        if shadow is None:
+            return None
+        primaries = [v for v in loaded if v != shadow.version]
+        return max(primaries) if primaries else None
+
     def shares(self) -> dict[int, float]:
         """Each version's configured share of unversioned traffic (for metrics and the index)."""
         if self.canary is not None:
@@ -80,6 +88,7 @@ class RoutingPolicy:
         return dict(self.config.weights)
 
     def wants_shadow(self, served_version: int) -> bool:
+        """Whether to copy a request served by ``served_version`` to the shadow (sampled)."""
         shadow = self.config.shadow
         if shadow is None or served_version == shadow.version:
             return False

@@ -56,6 +56,8 @@ class Router:
             policy, chosen = entry.routing, None
             if policy is not None:
                 number = policy.choose(request)
+                if number is None:
+                    number = policy.default_version(entry.versions)
                 chosen = entry.versions.get(number) if number is not None else None
             model = chosen if chosen is not None else repository.latest(request.model_name)
         repository.touch(request.model_name)

@@ -94,3 +94,12 @@ def test_too_little_evidence_waits_and_manual_actions_win():
     assert (canary.share, canary.status) == (100.0, "promoted")
     canary.rollback()
     assert (canary.share, canary.status) == (0.0, "rolled_back")
+
+
+def test_a_shadow_only_section_keeps_the_shadow_out_of_the_default_route():
+    from nereid.server.routing.config import Shadow
+
+    policy = RoutingPolicy("m", RoutingConfig(shadow=Shadow(version=3)))
+    assert policy.choose(_request()) is None
+    assert policy.default_version({1: None, 2: None, 3: None}) == 2
+    assert policy.wants_shadow(2) and not policy.wants_shadow(3)
