@@ -86,6 +86,7 @@ class ModelEntry:
     evicted: bool = False
     footprint: int = 0  # estimated resident bytes while loaded
     fingerprint: Fingerprint | None = None  # of the folder at the last load (poll mode)
+    restoring: asyncio.Future[None] | None = None  # the reload of an evicted model, shared
 
 
 def available_versions(model_dir: Path) -> list[int]:
@@ -358,23 +359,23 @@ class ModelRepository:
                 await self._unload_entry(victim, "evicted")
 
     async def restore(self, name: str) -> None:
-        """Load an evicted model again for a request waiting on it (within ``restore_timeout``)."""
+        """Load an evicted model again for a request waiting on it (within ``restore_timeout``).
+
+        Concurrent requests share one reload; a waiter that times out leaves it running.
+        """
         entry = self.models.get(name)
         if entry is None or not entry.evicted:
             return
+        if entry.restoring is None:
+            path = entry.path if entry.path.parent.name.startswith("nereid-upload-") else None
+            entry.restoring = asyncio.ensure_future(self.load(name, path))
+            entry.restoring.add_done_callback(lambda done: _restored(entry, done))
         try:
-            await asyncio.wait_for(self._restore(entry), self.restore_timeout)
+            await asyncio.wait_for(asyncio.shield(entry.restoring), self.restore_timeout)
         except TimeoutError:
             raise Unavailable(
                 f"model '{name}' was evicted and did not load again within {self.restore_timeout:g} s"
             ) from None
-
-    async def _restore(self, entry: ModelEntry) -> None:
-        if entry.evicted and not entry.versions:
-            # Concurrent requests share one reload: the second finds it done under the lock.
-            await self.load(
-                entry.name, entry.path if entry.path.parent.name.startswith("nereid-upload-") else None
-            )
 
     # ---- poll mode ---------------------------------------------------------------------------
 
@@ -483,6 +484,12 @@ def _memory_bytes(config: mc.ModelConfig) -> int:
     if not text.isdigit():
         raise ConfigError(f"parameters['{MEMORY_KEY}'] must be a byte count, got '{text}'")
     return int(text)
+
+
+def _restored(entry: ModelEntry, done: asyncio.Future[None]) -> None:
+    entry.restoring = None
+    if not done.cancelled() and done.exception() is not None:  # retrieved: the waiters got it
+        log.error("model '%s' failed to load again after eviction: %s", entry.name, done.exception())
 
 
 def _idle(entry: ModelEntry) -> bool:

@@ -84,3 +84,32 @@ def test_a_model_larger_than_the_budget_fails_clearly(root, start_server, kit):
     client = httpclient.InferenceServerClient(running.http_url)
     state, reason = _rows(client)[("big", "")]
     assert state == "UNAVAILABLE" and "memory budget" in reason
+
+
+def test_concurrent_requests_for_an_evicted_model_share_one_reload(root, start_server, kit):
+    for name in ("a", "b", "c"):
+        kit.make_model(root, name, sleep_ms=5)
+    running = start_server(root, model_control_mode="explicit", load_model=["*"], model_memory_budget=150)
+    repository = running.core.repository
+    evicted = [name for name, entry in repository.models.items() if entry.evicted]
+    assert len(evicted) == 1
+    before = repository.evictions
+    errors: list[str] = []
+
+    def call() -> None:
+        client = httpclient.InferenceServerClient(running.http_url)
+        tensor = httpclient.InferInput("INPUT0", [1, 4], "FP32")
+        tensor.set_data_from_numpy(kit.ones())
+        try:
+            client.infer(evicted[0], [tensor])
+        except Exception as exc:
+            errors.append(str(exc))
+
+    threads = [threading.Thread(target=call) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert errors == []
+    assert repository.evictions == before + 1  # one reload made room once
+    assert not repository.models[evicted[0]].evicted

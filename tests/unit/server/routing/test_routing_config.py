@@ -64,3 +64,19 @@ def test_versions_must_be_served_by_the_version_policy():
     check_versions(routing, [1, 3], "m")
     with pytest.raises(ConfigError, match=r"canary.candidate names unknown version 3"):
         check_versions(routing, [1, 2], "m")
+
+
+def test_the_readme_examples_load(tmp_path):
+    import re
+    from pathlib import Path
+
+    from nereid.server.model_config import parse_config_file
+
+    readme = (Path(__file__).parents[4] / "README.md").read_text()
+    blocks = re.findall(r"```(?:yaml)?\n(# config\.(pbtxt|yaml)\n.*?)```", readme, re.S)
+    assert {kind for _, kind in blocks} == {"pbtxt", "yaml"}
+    for text, kind in blocks:
+        path = tmp_path / f"config.{kind}"
+        path.write_text(text)
+        routing = routing_config(parse_config_file(path), str(path))
+        assert routing is not None and (routing.weights or routing.canary)
