@@ -47,7 +47,11 @@ def write_repository(root: Path) -> None:
         for version in (1, 2):
             (root / name / str(version)).mkdir(parents=True)
             onnx.save(model, str(root / name / str(version) / "model.onnx"))
-        param = f'parameters {{ key: "nereid.routing" value: {{ string_value: "{routing}" }} }}' if routing else ""
+        param = (
+            f'parameters {{ key: "nereid.routing" value: {{ string_value: "{routing}" }} }}'
+            if routing
+            else ""
+        )
         (root / name / "config.pbtxt").write_text(
             f"""platform: "onnxruntime_onnx"
 max_batch_size: 8

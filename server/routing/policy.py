@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from nereid.server.routing.canary import CanaryController
@@ -72,7 +73,7 @@ class RoutingPolicy:
                 return version
         return self._table[-1][1]
 
-    def default_version(self, loaded: dict[int, object]) -> int | None:
+    def default_version(self, loaded: Mapping[int, object]) -> int | None:
         """Without weights or a canary: the highest loaded version that is not the shadow's."""
         shadow = self.config.shadow
         if shadow is None:
