@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from nereid.proto import model_config_pb2 as mc
 from nereid.server.catalog import IndexEntry, ModelMetadata, ServerMetadata, TensorMetadata
@@ -20,9 +21,11 @@ from nereid.server.errors import (
     Unavailable,
     Unsupported,
 )
+from nereid.server.lifecycle import RepositoryPoller
 from nereid.server.model_version import ModelVersion
 from nereid.server.repository import ModelRepository
 from nereid.server.responses import ResponseStream, UnaryResponse
+from nereid.server.routing.router import Router
 from nereid.server.stats import ModelStatistics
 from nereid.server.types import InferRequest, InferResponse, ResponseSender
 from nereid.server.validation import int_parameter
@@ -44,7 +47,10 @@ MAX_TIMEOUT_US = 86_400 * 1_000_000  # a day
 @dataclass(slots=True)
 class CoreOptions:
     strict_readiness: bool = True
-    model_control_mode: str = "none"  # none | explicit
+    model_control_mode: str = "none"  # none | poll | explicit
+    repository_poll_secs: float = 15.0
+    #: Bytes all loaded models may take (0: no limit); see ModelRepository.memory_budget.
+    model_memory_budget: int = 0
 
 
 class InferenceCore:
@@ -52,7 +58,11 @@ class InferenceCore:
 
     def __init__(self, roots: list[Path], options: CoreOptions | None = None, load_threads: int = 4) -> None:
         self.options = options or CoreOptions()
-        self.repository = ModelRepository(roots, core=self, load_threads=load_threads)
+        self.repository = ModelRepository(
+            roots, core=self, load_threads=load_threads, memory_budget=self.options.model_memory_budget
+        )
+        self.router = Router(self.repository, self._admit)
+        self._poller: RepositoryPoller | None = None
         self._state = "INITIALIZING"
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -67,6 +77,10 @@ class InferenceCore:
         """Load the repository (every model, or ``models`` in explicit mode)."""
         self._loop = asyncio.get_running_loop()
         await self.repository.load_all(models)
+        self.router.start()
+        if self.options.model_control_mode == "poll":
+            self._poller = RepositoryPoller(self.repository, self.options.repository_poll_secs)
+            self._poller.start()
         self._state = "READY"
 
     def begin_drain(self) -> None:
@@ -75,6 +89,9 @@ class InferenceCore:
 
     async def stop(self) -> None:
         self._state = "EXITING"
+        if self._poller is not None:
+            await self._poller.stop()
+        await self.router.stop()
         await self.repository.unload_all()
 
     # ---- health and metadata -----------------------------------------------------------------
@@ -138,13 +155,24 @@ class InferenceCore:
     def repository_index(self, ready_only: bool = False) -> list[IndexEntry]:
         return self.repository.index(ready_only)
 
-    async def load_model(self, name: str, config: mc.ModelConfig | None = None) -> None:
+    async def load_model(
+        self, name: str, config: mc.ModelConfig | None = None, files: Mapping[str, bytes] | None = None
+    ) -> None:
+        """Load or reload ``name``; ``files`` (``file:`` parameters, paths in the model folder) need ``config``."""
         self._require_explicit("load")
-        await self.repository.load(name, config=config)
+        await self.repository.load(name, config=config, files=files)
 
-    async def unload_model(self, name: str) -> None:
+    async def unload_model(self, name: str, unload_dependents: bool = False) -> None:
         self._require_explicit("unload")
-        await self.repository.unload(name)
+        await self.repository.unload(name, unload_dependents=unload_dependents)
+
+    def routing_state(self, name: str) -> dict[str, Any]:
+        """A model's routing: each version's share, its canary and its shadow counts."""
+        return self.router.state(name)
+
+    def routing_action(self, name: str, action: str) -> None:
+        """Manual canary ``promote`` (the candidate takes all traffic) or ``rollback`` (none); any mode."""
+        self.router.act(name, action)
 
     def _require_explicit(self, action: str) -> None:
         if self.options.model_control_mode != "explicit":
@@ -155,12 +183,16 @@ class InferenceCore:
     def route(self, request: InferRequest) -> ModelVersion:
         """The one decision of which version serves an inference request.
 
-        A request that names a version gets exactly that version; one that names none gets the
-        highest loaded version. Version routing (weighted splits, canaries) replaces the latter.
+        A request that names a version gets exactly that version; one that names none follows
+        the model's routing config (weights, sticky key, canary), else the highest loaded version.
         """
-        if request.model_version:
-            return self.repository.version(request.model_name, request.model_version)
-        return self.repository.latest(request.model_name)
+        return self.router.route(request)
+
+    async def _resident(self, request: InferRequest) -> None:
+        """Load an evicted model again before routing to it (the request waits, within a timeout)."""
+        entry = self.repository.models.get(request.model_name)
+        if entry is not None and entry.evicted:
+            await self.repository.restore(request.model_name)
 
     def submit(self, request: InferRequest) -> tuple[ModelVersion, ResponseStream]:
         """Validate and queue ``request``; its responses arrive on the returned stream."""
@@ -184,6 +216,7 @@ class InferenceCore:
 
     async def infer(self, request: InferRequest) -> InferResponse:
         """One request, one response (not for decoupled models); raises the response's error."""
+        await self._resident(request)
         model = self.route(request)
         if model.decoupled:
             raise Unsupported(
@@ -192,7 +225,7 @@ class InferenceCore:
         # The common path: one future resolved once, no per-request stream machinery.
         sender = UnaryResponse(asyncio.get_running_loop())
         self._admit(model, request, sender)
-        ok, reason = False, "CANCELED"
+        ok, reason, response = False, "CANCELED", None
         try:
             response = await sender.wait()
             ok = response.error is None
@@ -204,17 +237,22 @@ class InferenceCore:
         finally:
             dispatch = request.dispatch_ns
             queue_ns = dispatch - request.arrival_ns if dispatch else None
-            model.stats.record_request(ok, time.monotonic_ns() - request.arrival_ns, queue_ns, reason)
+            total_ns = time.monotonic_ns() - request.arrival_ns
+            model.stats.record_request(ok, total_ns, queue_ns, reason)
+            self.router.observe(model, request, ok, total_ns, response)
+        assert response is not None  # set unless the await raised
         if response.error is not None:
             raise response.error
         return response
 
     async def stream(self, request: InferRequest) -> AsyncGenerator[InferResponse, None]:
         """Every response of one request, in order; the last one has ``final`` set."""
+        await self._resident(request)
         model, stream = self.submit(request)
-        ok, reason = True, "BACKEND"
+        ok, reason, last = True, "BACKEND", None
         try:
             async for response in stream:
+                last = response
                 if response.error is not None:
                     ok, reason = False, _failure_reason(response.error)
                 if not response.model_name:
@@ -227,7 +265,9 @@ class InferenceCore:
         finally:
             dispatch = request.dispatch_ns
             queue_ns = dispatch - request.arrival_ns if dispatch else None
-            model.stats.record_request(ok, time.monotonic_ns() - request.arrival_ns, queue_ns, reason)
+            total_ns = time.monotonic_ns() - request.arrival_ns
+            model.stats.record_request(ok, total_ns, queue_ns, reason)
+            self.router.observe(model, request, ok, total_ns, None if model.decoupled else last)
 
 
 def _failure_reason(error: ServingError) -> str:

@@ -148,12 +148,17 @@ class DynamicBatcher:
             response.outputs = [t for t in response.outputs if t.name in wanted]
 
     async def stop(self) -> None:
-        """Stop taking requests, fail what is queued, wait for running batches to finish."""
+        """Stop taking requests, let queued and running ones finish (a drain), then end the threads.
+
+        The version was already taken out of routing, so nothing new arrives; what was queued
+        before that still runs here instead of failing (zero-downtime swaps rely on this).
+        """
         self.queue.close()
-        error = Unavailable(f"model '{self.name}' version {self.version} was unloaded")
-        _deliver([(request, self._response(request, error)) for request in self.queue.drain()])
         for thread in self._threads:
             await asyncio.to_thread(thread.join)
+        # Threads never started (a version loaded but not swapped in): fail what is left.
+        error = Unavailable(f"model '{self.name}' version {self.version} was unloaded")
+        _deliver([(request, self._response(request, error)) for request in self.queue.drain()])
 
 
 Reply = tuple[InferRequest, InferResponse]

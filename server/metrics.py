@@ -102,6 +102,56 @@ class CoreCollector:
             for level, value in sorted(stats.pending_by_priority.items()):
                 pending_priority.add_metric([*key, str(level)], value)
         yield from (success, failure, count, exec_count, *durations.values(), pending, pending_priority)
+        yield from self.lifecycle()
+
+    def lifecycle(self) -> Iterator[Metric]:
+        """Routing shares, canary state, shadow comparisons, residency and evictions."""
+        share = GaugeMetricFamily(
+            "nereid_routing_share",
+            "Configured percentage of unversioned requests per version",
+            labels=["model", "version"],
+        )
+        canary = GaugeMetricFamily(
+            "nereid_canary_share",
+            "The canary candidate's current traffic percentage, labelled by its status",
+            labels=["model", "candidate", "status"],
+        )
+        shadow = CounterMetricFamily(
+            "nereid_shadow_comparisons",
+            "Shadow responses compared with the primary's (agree, disagree, error)",
+            labels=["model", "version", "result"],
+        )
+        resident = GaugeMetricFamily(
+            "nereid_model_resident_bytes",
+            "Estimated bytes of each loaded model (0 when evicted)",
+            labels=["model"],
+        )
+        evicted = GaugeMetricFamily("nereid_model_evicted", "1 while a model is evicted", labels=["model"])
+        repository = self.core.repository
+        for name, entry in sorted(repository.models.items()):
+            resident.add_metric([name], entry.footprint if entry.versions else 0)
+            evicted.add_metric([name], 1 if entry.evicted else 0)
+            policy = entry.routing
+            if policy is None:
+                continue
+            for version, value in sorted(policy.shares().items()):
+                share.add_metric([name, str(version)], value)
+            if policy.canary is not None:
+                c = policy.canary
+                canary.add_metric([name, str(c.canary.candidate), c.status], c.share)
+            if policy.config.shadow is not None:
+                counts, target = policy.shadow_stats, str(policy.config.shadow.version)
+                for result in ("agree", "disagree", "error"):
+                    shadow.add_metric([name, target, result], getattr(counts, result))
+        budget = GaugeMetricFamily(
+            "nereid_model_memory_budget_bytes", "The memory budget for loaded models (0: none)"
+        )
+        budget.add_metric([], repository.memory_budget)
+        evictions = CounterMetricFamily(
+            "nereid_model_evictions", "Models evicted to fit the memory budget", labels=[]
+        )
+        evictions.add_metric([], repository.evictions)
+        yield from (share, canary, shadow, resident, evicted, budget, evictions)
 
 
 def build_registry(core: InferenceCore) -> CollectorRegistry:

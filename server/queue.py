@@ -186,7 +186,9 @@ class RequestQueue:
                 else:
                     batch, rows = self._gather(head, max_rows)
                 waited = now - head.request.arrival_ns
-                if max_rows == 0 or rows >= max_rows or rows in preferred or waited >= delay_ns:
+                # A closed queue drains without waiting for fuller batches.
+                full = max_rows == 0 or rows >= max_rows or rows in preferred
+                if full or waited >= delay_ns or self.closed:
                     self._remove(batch)
                     if self._head() is not None:
                         self._cond.notify()  # more work: wake another idle instance
@@ -201,7 +203,7 @@ class RequestQueue:
             self._cond.notify_all()
 
     def drain(self) -> list[InferRequest]:
-        """Remove everything still queued (on unload)."""
+        """Remove everything still queued (what no instance thread will run any more)."""
         with self._cond:
             items = [item for queue in self._queues for item in queue]
             self._remove(items)

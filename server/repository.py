@@ -9,8 +9,11 @@ which version serves a request that names none is the core's decision
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
+import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,7 +22,21 @@ from nereid.ensembles import load_step_models
 from nereid.ensembles.plan import build_plan
 from nereid.proto import model_config_pb2 as mc
 from nereid.server.catalog import IndexEntry
-from nereid.server.errors import InvalidArgument, NotFound, ServingError, Unavailable
+from nereid.server.errors import (
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    ServingError,
+    Unavailable,
+)
+from nereid.server.lifecycle import (
+    MEMORY_KEY,
+    Fingerprint,
+    fingerprint,
+    footprint,
+    remove_upload,
+    write_uploads,
+)
 from nereid.server.model_config import (
     ConfigError,
     fill_defaults,
@@ -29,6 +46,8 @@ from nereid.server.model_config import (
 )
 from nereid.server.model_version import ModelVersion, has_gpu, load_version
 from nereid.server.paths import confine_config_paths, scrub_paths
+from nereid.server.routing.config import check_versions, routing_config
+from nereid.server.routing.policy import RoutingPolicy
 from nereid.server.types import CoreHandle
 
 log = logging.getLogger(__name__)
@@ -56,10 +75,20 @@ class ModelEntry:
     name: str
     path: Path
     config: mc.ModelConfig | None = None
-    error: str = ""  # model-level failure (config, backend), shown with version ""
+    # The last load's failure: model-level when nothing serves (shown with version ""), else
+    # shown beside the versions that kept serving.
+    error: str = ""
     loading: bool = False
     versions: dict[int, ModelVersion] = field(default_factory=dict)
     states: dict[int, VersionState] = field(default_factory=dict)
+    routing: RoutingPolicy | None = None
+    #: Serialises load, unload and eviction of this model.
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    last_used: float = 0.0  # monotonic seconds of the last routed request
+    evicted: bool = False
+    footprint: int = 0  # estimated resident bytes while loaded
+    fingerprint: Fingerprint | None = None  # of the folder at the last load (poll mode)
+    restoring: asyncio.Future[None] | None = None  # the reload of an evicted model, shared
 
 
 def available_versions(model_dir: Path) -> list[int]:
@@ -140,11 +169,26 @@ def _confine(
 class ModelRepository:
     """Loads the models of one or more repository roots and tracks their states."""
 
-    def __init__(self, roots: list[Path], core: CoreHandle | None = None, load_threads: int = 4) -> None:
+    def __init__(
+        self,
+        roots: list[Path],
+        core: CoreHandle | None = None,
+        load_threads: int = 4,
+        memory_budget: int = 0,
+        restore_timeout: float = 60.0,
+    ) -> None:
         self.roots = roots
         self.core = core
         self.models: dict[str, ModelEntry] = {}
         self._load_slots = asyncio.Semaphore(load_threads)
+        #: Bytes the loaded models may take (0: no limit); least recently used idle models are
+        #: evicted to make room and loaded again by their next request.
+        self.memory_budget = memory_budget
+        self.restore_timeout = restore_timeout
+        self.evictions = 0
+        self._budget_turn: contextlib.AbstractAsyncContextManager[object] = (
+            asyncio.Lock() if memory_budget else contextlib.nullcontext()
+        )
 
     def scan(self) -> dict[str, Path]:
         found: dict[str, Path] = {}
@@ -167,39 +211,74 @@ class ModelRepository:
             *(self.load(name, path) for name, path in wanted.items()), return_exceptions=True
         )
 
-    async def load(self, name: str, path: Path | None = None, config: mc.ModelConfig | None = None) -> None:
-        """(Re)load a model: new versions load in the background, then replace the old ones."""
+    async def load(
+        self,
+        name: str,
+        path: Path | None = None,
+        config: mc.ModelConfig | None = None,
+        files: Mapping[str, bytes] | None = None,
+    ) -> None:
+        """(Re)load a model: new versions load beside the old ones, then replace them.
+
+        ``files`` (paths relative to the model folder, from ``file:`` load parameters) with
+        ``config`` form a model folder of their own, as Triton's load API.
+        """
         check_model_name(name)
-        if path is None:
+        if files:
+            if config is None:
+                raise InvalidArgument("loading with 'file:' parameters needs a 'config' parameter too")
+            path = await asyncio.to_thread(write_uploads, name, files)
+        elif path is None:
             path = self.scan().get(name)
             if path is None:
                 raise NotFound(f"failed to load '{name}', no model folder of that name in the repository")
         entry = self.models.setdefault(name, ModelEntry(name, path))
-        entry.loading = True
-        try:
-            # Ensemble hook: its step models load (or finish loading) first, outside the slots.
-            await load_step_models(self, name, path, config)
-            async with self._load_slots:
-                await self._load_entry(entry, path, config)
-        except Exception as exc:
-            # Load errors reach clients: repository paths relative to the root, no other paths.
-            error = exc if isinstance(exc, ServingError) else InvalidArgument(_reason(exc))
-            error.message = self.scrub(error.message)
-            error.args = (error.message,)
-            raise error from None
-        finally:
-            entry.loading = False
+        async with entry.lock:
+            entry.loading = True
+            try:
+                # Ensemble hook: its step models load (or finish loading) first, outside the slots.
+                await load_step_models(self, name, path, config)
+                # Under a memory budget loads take turns, so none counts on room another takes.
+                async with self._budget_turn, self._load_slots:
+                    await self._load_entry(entry, path, config)
+            except BaseException as exc:
+                if files:
+                    remove_upload(path)
+                if not isinstance(exc, Exception):
+                    raise
+                # Load errors reach clients: repository paths relative to the root, no other paths.
+                error = exc if isinstance(exc, ServingError) else InvalidArgument(_reason(exc))
+                error.message = self.scrub(error.message)
+                error.args = (error.message,)
+                raise error from None
+            finally:
+                entry.loading = False
+            if entry.path != path:
+                remove_upload(entry.path)
+                entry.path = path
 
     async def _load_entry(self, entry: ModelEntry, path: Path, override: mc.ModelConfig | None) -> None:
+        entry.fingerprint = await asyncio.to_thread(fingerprint, path)
         try:
             config = await asyncio.to_thread(prepare_config, path, override)
-            versions = select_versions(config.version_policy, available_versions(path))
+            try:
+                present = available_versions(path)
+            except OSError as exc:
+                raise Unavailable(f"failed to load '{entry.name}': cannot read {path}: {exc}") from None
+            versions = select_versions(config.version_policy, present)
             if not versions:
                 raise ConfigError(f"{path}: no version folder matches the version policy")
+            origin = "load request config" if override is not None else str(path)
+            routing = routing_config(config, origin)
+            if routing is not None:
+                check_versions(routing, versions, origin)
+            size = _memory_bytes(config) or await asyncio.to_thread(footprint, path, versions)
+            await self._make_room(entry, size)
         except Exception as exc:
             log.error("model '%s' failed to load: %s", entry.name, _reason(exc))
+            entry.error = self.scrub(_reason(exc))
             if not entry.versions:
-                entry.error, entry.config = self.scrub(_reason(exc)), None
+                entry.config = None
             raise
         for version in versions:
             entry.states.setdefault(version, VersionState("LOADING"))
@@ -219,12 +298,20 @@ class ModelRepository:
                         "UNAVAILABLE", self.scrub(_reason(failures[version]))
                     )
             first = next(iter(failures.values()))
+            entry.error = self.scrub(f"reload failed, previous versions keep serving: {_reason(first)}")
+            log.error("model '%s': %s", entry.name, entry.error)
             raise first if isinstance(first, ServingError) else InvalidArgument(_reason(first))
         old = entry.versions
         for model in loaded.values():
             model.scheduler.start()
+        # The swap: from here requests route to the new versions; the old ones drain below.
+        keep = entry.routing is not None and routing is not None and entry.routing.config == routing
+        if not keep:
+            entry.routing = RoutingPolicy(entry.name, routing) if routing is not None else None
         entry.config, entry.error, entry.versions = config, "", loaded
-        entry.states = {v: VersionState("READY") for v in loaded}
+        entry.evicted, entry.footprint, entry.last_used = False, size, time.monotonic()
+        entry.states = {v: VersionState("UNAVAILABLE", "unloaded") for v in old if v not in loaded}
+        entry.states.update({v: VersionState("READY") for v in loaded})
         for version, failure in failures.items():
             entry.states[version] = VersionState("UNAVAILABLE", self.scrub(_reason(failure)))
             log.error("model '%s' version %d failed to load: %s", entry.name, version, _reason(failure))
@@ -238,17 +325,114 @@ class ModelRepository:
         """``message`` fit for clients: paths relative to the repository root, no other absolute paths."""
         return scrub_paths(message, self.roots)
 
-    async def unload(self, name: str) -> None:
+    async def unload(self, name: str, unload_dependents: bool = False, reason: str = "unloaded") -> None:
+        """Unload every version; queued and running requests finish first (a drain)."""
         check_model_name(name)
         entry = self.models.get(name)
         if entry is None:
             raise NotFound(f"failed to unload '{name}', model is not known")
+        async with entry.lock:
+            await self._unload_entry(entry, reason)
+        if unload_dependents:
+            for dependent in self.dependents(name):
+                await self.unload(dependent, unload_dependents=True)
+
+    async def _unload_entry(self, entry: ModelEntry, reason: str) -> None:
         old, entry.versions = entry.versions, {}
         for version in old:
             entry.states[version] = VersionState("UNLOADING")
         for model in old.values():
             await model.unload()
-        entry.states = {v: VersionState("UNAVAILABLE", "unloaded") for v in entry.states}
+        entry.states = {v: VersionState("UNAVAILABLE", reason) for v in entry.states}
+        entry.evicted, entry.footprint = reason == "evicted", 0
+        if reason != "evicted":
+            remove_upload(entry.path)
+
+    def dependents(self, name: str) -> list[str]:
+        """Loaded ensembles with a step on ``name`` (unloaded with it on ``unload_dependents``)."""
+        return sorted(
+            other.name
+            for other in self.models.values()
+            if other.versions
+            and other.config is not None
+            and any(step.model_name == name for step in other.config.ensemble_scheduling.step)
+        )
+
+    # ---- eviction ----------------------------------------------------------------------------
+
+    def touch(self, name: str) -> None:
+        """Mark ``name`` used now (least-recently-used eviction)."""
+        entry = self.models.get(name)
+        if entry is not None:
+            entry.last_used = time.monotonic()
+
+    def resident_bytes(self) -> int:
+        return sum(e.footprint for e in self.models.values() if e.versions)
+
+    async def _make_room(self, entry: ModelEntry, size: int) -> None:
+        """Evict least recently used idle models until ``size`` more bytes fit the budget."""
+        budget = self.memory_budget
+        if not budget:
+            return
+        if size > budget:
+            raise ResourceExhausted(
+                f"model '{entry.name}' needs about {size} bytes, more than the memory budget of {budget}"
+            )
+        while self.resident_bytes() - (entry.footprint if entry.versions else 0) + size > budget:
+            idle = [
+                e
+                for e in self.models.values()
+                if e is not entry and e.versions and not e.loading and not e.lock.locked() and _idle(e)
+            ]
+            if not idle:
+                raise ResourceExhausted(
+                    f"cannot load '{entry.name}' ({size} bytes): the memory budget of {budget} bytes is "
+                    f"taken by {self.resident_bytes()} bytes of busy models"
+                )
+            victim = min(idle, key=lambda e: e.last_used)
+            log.info("evicting model '%s' (%d bytes) to load '%s'", victim.name, victim.footprint, entry.name)
+            self.evictions += 1
+            async with victim.lock:
+                await self._unload_entry(victim, "evicted")
+
+    async def restore(self, name: str) -> None:
+        """Load an evicted model again for a request waiting on it (within ``restore_timeout``).
+
+        Concurrent requests share one reload; a waiter that times out leaves it running.
+        """
+        entry = self.models.get(name)
+        if entry is None or not entry.evicted:
+            return
+        if entry.restoring is None:
+            path = entry.path if entry.path.parent.name.startswith("nereid-upload-") else None
+            entry.restoring = asyncio.ensure_future(self.load(name, path))
+            entry.restoring.add_done_callback(lambda done: _restored(entry, done))
+        try:
+            await asyncio.wait_for(asyncio.shield(entry.restoring), self.restore_timeout)
+        except TimeoutError:
+            raise Unavailable(
+                f"model '{name}' was evicted and did not load again within {self.restore_timeout:g} s"
+            ) from None
+
+    # ---- poll mode ---------------------------------------------------------------------------
+
+    async def poll(self) -> None:
+        """Apply what changed on disk since the last load: added, changed and removed models."""
+        found = self.scan()
+        jobs = []
+        for name, path in found.items():
+            entry = self.models.get(name)
+            if entry is not None and (entry.evicted or entry.loading):
+                continue  # an evicted model reads its files when it is needed again
+            current = await asyncio.to_thread(fingerprint, path)
+            if entry is None or entry.fingerprint != current:
+                log.info("poll: %s model '%s'", "loading" if entry is None else "reloading", name)
+                jobs.append(self.load(name, path))
+        for name, entry in self.models.items():
+            if name not in found and (entry.versions or entry.evicted):
+                log.info("poll: model '%s' was removed; unloading", name)
+                jobs.append(self.unload(name))
+        await asyncio.gather(*jobs, return_exceptions=True)
 
     def entry(self, name: str) -> ModelEntry:
         """The model's entry; NotFound (after checking the name) when the repository has none."""
@@ -290,21 +474,33 @@ class ModelRepository:
                 if not ready_only:
                     rows.append(IndexEntry(name, "", "UNAVAILABLE", entry.error))
                 continue
+            shares = entry.routing.shares() if entry.routing is not None else {}
             for version in sorted(entry.states):
                 state = self._state(entry, version)
                 if ready_only and state.state != "READY":
                     continue
-                rows.append(IndexEntry(name, str(version), state.state, state.reason))
+                reason = state.reason
+                if state.state == "READY":
+                    notes = [f"traffic {shares[version]:g}%"] if version in shares else []
+                    canary = entry.routing.canary if entry.routing is not None else None
+                    if canary is not None and version == canary.canary.candidate:
+                        notes.append(
+                            f"canary {canary.status} step {canary.step + 1}/{len(canary.canary.steps)}"
+                        )
+                    if entry.error:
+                        notes.append(entry.error)
+                    reason = "; ".join(notes)
+                rows.append(IndexEntry(name, str(version), state.state, reason))
         return rows
 
     def all_ready(self) -> bool:
-        """Strict readiness: every known version is READY, except those explicitly unloaded."""
+        """Strict readiness: every known version is READY, except those unloaded or evicted."""
         for entry in self.models.values():
-            if entry.error or entry.loading:
+            if (entry.error and not entry.versions) or entry.loading:
                 return False
             for version in entry.states:
                 state = self._state(entry, version)
-                if state.state != "READY" and state.reason != "unloaded":
+                if state.state != "READY" and state.reason not in ("unloaded", "evicted"):
                     return False
         return True
 
@@ -333,6 +529,25 @@ def _serving(model: ModelVersion) -> ModelVersion:
     if reason:
         raise Unavailable(f"Request for unknown model: '{model.name}' is not ready: {reason}")
     return model
+
+
+def _memory_bytes(config: mc.ModelConfig) -> int:
+    if MEMORY_KEY not in config.parameters:
+        return 0
+    text = config.parameters[MEMORY_KEY].string_value.strip()
+    if not text.isdigit():
+        raise ConfigError(f"parameters['{MEMORY_KEY}'] must be a byte count, got '{text}'")
+    return int(text)
+
+
+def _restored(entry: ModelEntry, done: asyncio.Future[None]) -> None:
+    entry.restoring = None
+    if not done.cancelled() and done.exception() is not None:  # retrieved: the waiters got it
+        log.error("model '%s' failed to load again after eviction: %s", entry.name, done.exception())
+
+
+def _idle(entry: ModelEntry) -> bool:
+    return all(model.stats.pending == 0 for model in entry.versions.values())
 
 
 def _reason(failure: BaseException | object) -> str:

@@ -79,7 +79,12 @@ class NereidServer:
         roots = settings.model_repository
         if settings.model_name:
             roots = [single_model_repository(roots[0], settings.model_name)]
-        options = CoreOptions(settings.strict_readiness, settings.model_control_mode)
+        options = CoreOptions(
+            settings.strict_readiness,
+            settings.model_control_mode,
+            settings.repository_poll_secs,
+            settings.model_memory_budget,
+        )
         self.core = InferenceCore(roots, options, settings.model_load_thread_count)
         self.http = HttpFrontend(self.core, settings.http_max_input_size)
         self.http_gate, self.grpc_gate = build_gates(settings)
@@ -101,7 +106,8 @@ class NereidServer:
             await self._listen()
             models = s.load_model if s.model_control_mode == "explicit" else None
             await self.core.start(None if models == ["*"] else models)
-            if s.exit_on_error and any(row.state != "READY" for row in self.core.repository_index()):
+            failed = [r for r in self.core.repository_index() if r.state != "READY" and r.reason != "evicted"]
+            if s.exit_on_error and failed:
                 raise SystemExit(
                     "error: some models failed to load (see the table above); "
                     "--exit-on-error=false serves the others"

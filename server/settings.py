@@ -70,7 +70,20 @@ class Settings:
     )
     model_control_mode: str = field(
         default="none",
-        metadata=_help("none: load every model at start-up; explicit: only --load-model, then the API."),
+        metadata=_help(
+            "none: load every model at start-up; poll: also apply repository changes every "
+            "--repository-poll-secs; explicit: only --load-model ('*': all), then the load/unload API."
+        ),
+    )
+    repository_poll_secs: float = field(
+        default=15.0, metadata=_help("Seconds between repository scans in poll mode.")
+    )
+    model_memory_budget: int = field(
+        default=0,
+        metadata=_help(
+            "Bytes all loaded models may take (estimated from their files; 0: no limit). Loading past it "
+            "evicts the least recently used idle model, which its next request loads again."
+        ),
     )
     load_model: list[str] = field(
         default_factory=list,
@@ -171,10 +184,14 @@ class Settings:
         for port in (self.http_port, self.grpc_port, self.metrics_port):
             if not 0 <= port <= 65535:
                 raise ValueError(f"port {port} is outside 0..65535")
-        if self.model_control_mode not in ("none", "explicit"):
+        if self.model_control_mode not in ("none", "poll", "explicit"):
             raise ValueError(
-                f"--model-control-mode must be 'none' or 'explicit', got '{self.model_control_mode}'"
+                f"--model-control-mode must be 'none', 'poll' or 'explicit', got '{self.model_control_mode}'"
             )
+        if self.repository_poll_secs <= 0:
+            raise ValueError("--repository-poll-secs must be positive")
+        if self.model_memory_budget < 0:
+            raise ValueError("--model-memory-budget must be >= 0 bytes")
         if self.http_max_input_size <= 0 or self.grpc_max_input_size <= 0:
             raise ValueError("input size limits must be positive")
         if self.drain_delay_secs < 0 or self.exit_timeout_secs < 0:

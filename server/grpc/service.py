@@ -8,7 +8,6 @@ cancels its handler task, which cancels the request in the core.
 from __future__ import annotations
 
 import functools
-import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, NoReturn, TypeAlias, TypeVar
@@ -18,11 +17,11 @@ import grpc
 from nereid.proto import grpc_service_pb2 as pb
 from nereid.proto import grpc_service_pb2_grpc
 from nereid.server.core import InferenceCore
-from nereid.server.errors import InvalidArgument, ServingError, Unsupported, as_serving_error
+from nereid.server.errors import ServingError, Unsupported, as_serving_error
 from nereid.server.grpc import codec
 from nereid.server.grpc.errors import GRPC_STATUS
 from nereid.server.grpc.stream import StreamSession
-from nereid.server.model_config import config_from_dict
+from nereid.server.lifecycle import load_parameters, unload_dependents
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +111,13 @@ class InferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
 
     @_unary
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Context) -> pb.ModelInferResponse:
-        response = await self.core.infer(codec.decode_request(request))
+        infer_request = codec.decode_request(request)
+        sticky = self.core.router.sticky_header(request.model_name)
+        if sticky:
+            for key, value in context.invocation_metadata() or ():
+                if key == sticky:
+                    infer_request.parameters.setdefault(sticky, value)
+        response = await self.core.infer(infer_request)
         return codec.encode_response(response)
 
     async def ModelStreamInfer(
@@ -145,22 +150,19 @@ class InferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
     async def RepositoryModelLoad(
         self, request: pb.RepositoryModelLoadRequest, context: Context
     ) -> pb.RepositoryModelLoadResponse:
-        override = None
-        for key, param in request.parameters.items():
-            if key.startswith("file:"):
-                raise InvalidArgument("loading model files through the API is not supported")
-            if key == "config":
-                if param.WhichOneof("parameter_choice") != "string_param":
-                    raise InvalidArgument("the 'config' parameter must be a JSON string")
-                override = config_from_dict(_json_object(param.string_param), "load 'config'")
-        await self.core.load_model(request.model_name, override)
+        load = load_parameters(_repository_parameters(request.parameters))
+        if load.routing_action:
+            self.core.routing_action(request.model_name, load.routing_action)
+        else:
+            await self.core.load_model(request.model_name, load.config, load.files)
         return pb.RepositoryModelLoadResponse()
 
     @_unary
     async def RepositoryModelUnload(
         self, request: pb.RepositoryModelUnloadRequest, context: Context
     ) -> pb.RepositoryModelUnloadResponse:
-        await self.core.unload_model(request.model_name)
+        params = _repository_parameters(request.parameters)
+        await self.core.unload_model(request.model_name, unload_dependents(params))
         return pb.RepositoryModelUnloadResponse()
 
     # ---- extensions Nereid does not offer -----------------------------------------------------
@@ -175,11 +177,10 @@ class InferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
     LogSettings = _unimplemented("log settings (the logging extension)")
 
 
-def _json_object(text: str) -> dict[str, Any]:
-    try:
-        value = json.loads(text)
-    except ValueError as exc:
-        raise InvalidArgument(f"the 'config' parameter is not valid JSON: {exc}") from None
-    if not isinstance(value, dict):
-        raise InvalidArgument("the 'config' parameter must be a JSON object")
-    return value
+def _repository_parameters(params: Any) -> dict[str, object]:
+    """``ModelRepositoryParameter`` values as plain Python values (bool, int, str, bytes)."""
+    out: dict[str, object] = {}
+    for key, param in params.items():
+        choice = param.WhichOneof("parameter_choice")
+        out[key] = getattr(param, choice) if choice else None
+    return out

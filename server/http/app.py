@@ -24,7 +24,8 @@ from nereid.server.http.asgi import allow as _allow
 from nereid.server.http.disconnect import cancel_on_disconnect
 from nereid.server.http.generate import generate
 from nereid.server.http.guard import HttpGuard
-from nereid.server.model_config import config_from_dict, config_to_dict
+from nereid.server.lifecycle import load_parameters, unload_dependents
+from nereid.server.model_config import config_to_dict
 from nereid.server.settings import DEFAULT_MAX_INPUT_SIZE
 from nereid.server.validation import parse_ascii_int
 
@@ -91,6 +92,9 @@ class HttpFrontend:
             case ["repository", "models", name, ("load" | "unload") as action]:
                 _allow(method, "POST")
                 await self.repository_action(request, send, name, action)
+            case ["repository", "models", name, "routing"]:
+                _allow(method, "GET")
+                await respond(send, 200, codec.dumps(self.core.routing_state(name)))
             case _:
                 raise HttpError(404, "Not Found")
 
@@ -127,6 +131,9 @@ class HttpFrontend:
         header = request.headers.get("inference-header-content-length")
         header_length = _header_int(header) if header is not None else None
         infer_request = codec.decode_request(body, header_length, name, version)
+        sticky = self.core.router.sticky_header(name)
+        if sticky and sticky in request.headers:
+            infer_request.parameters.setdefault(sticky, request.headers[sticky])
         response = await cancel_on_disconnect(request, self.core.infer(infer_request))
         payload, json_length = codec.encode_response(infer_request, response)
         if json_length is None:
@@ -144,17 +151,13 @@ class HttpFrontend:
         if not isinstance(params, dict):
             raise InvalidArgument("'parameters' must be a JSON object")
         if action == "load":
-            config = params.get("config")
-            if any(key.startswith("file:") for key in params):
-                raise InvalidArgument("loading model files through the API is not supported")
-            override = None
-            if config is not None:
-                if not isinstance(config, str):
-                    raise InvalidArgument("'config' must be a JSON string")
-                override = config_from_dict(codec.loads(config.encode()), "load 'config'")
-            await self.core.load_model(name, override)
+            load = load_parameters(params)
+            if load.routing_action:
+                self.core.routing_action(name, load.routing_action)
+            else:
+                await self.core.load_model(name, load.config, load.files)
         else:
-            await self.core.unload_model(name)
+            await self.core.unload_model(name, unload_dependents(params))
         await respond(send, 200, b"")
 
 

@@ -47,7 +47,7 @@ def test_environment_variables(monkeypatch):
     [
         ([], "--model-repository is required"),
         (["--model-repository", "m", "--http-port", "70000"], "outside"),
-        (["--model-repository", "m", "--model-control-mode", "poll"], "model-control-mode"),
+        (["--model-repository", "m", "--model-control-mode", "watch"], "model-control-mode"),
     ],
 )
 def test_invalid_settings(argv, message):
@@ -58,3 +58,22 @@ def test_invalid_settings(argv, message):
 def test_bad_boolean_is_a_usage_error():
     with pytest.raises(SystemExit):
         parse_settings(["--model-repository", "m", "--strict-readiness", "maybe"])
+
+
+def test_lifecycle_flags():
+    s = parse_settings(
+        [
+            "--model-repository",
+            "/m",
+            "--model-control-mode",
+            "poll",
+            "--repository-poll-secs",
+            "2.5",
+            "--model-memory-budget",
+            "1000000",
+        ]
+    )
+    assert (s.model_control_mode, s.repository_poll_secs, s.model_memory_budget) == ("poll", 2.5, 1_000_000)
+    for bad in (["--repository-poll-secs", "0"], ["--model-memory-budget", "-1"]):
+        with pytest.raises(ValueError):
+            parse_settings(["--model-repository", "/m", *bad])
