@@ -24,6 +24,8 @@ from nereid.server.model_version import ModelVersion
 from nereid.server.repository import ModelRepository
 from nereid.server.responses import ResponseStream, UnaryResponse
 from nereid.server.stats import ModelStatistics
+from nereid.server.status.recent import RecentErrors
+from nereid.server.tracing import TraceManager
 from nereid.server.types import InferRequest, InferResponse, ResponseSender
 from nereid.server.validation import int_parameter
 
@@ -37,6 +39,7 @@ EXTENSIONS = (
     "parameters",
     "schedule_policy",
     "statistics",
+    "trace",
 )
 MAX_TIMEOUT_US = 86_400 * 1_000_000  # a day
 
@@ -55,6 +58,9 @@ class InferenceCore:
         self.repository = ModelRepository(roots, core=self, load_threads=load_threads)
         self._state = "INITIALIZING"
         self._loop: asyncio.AbstractEventLoop | None = None
+        # The Monitor stage: sampled requests' spans, and the last failures for the status page.
+        self.tracing = TraceManager()
+        self.recent_errors = RecentErrors()
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop | None:
@@ -177,8 +183,9 @@ class InferenceCore:
         request.sender = sender
         try:
             model.scheduler.enqueue(request)
-        except Unavailable:
+        except Unavailable as exc:
             model.stats.record_request(False, time.monotonic_ns() - request.arrival_ns, None, "REJECTED")
+            self._monitor(model, request, "REJECTED", exc.message)
             raise
 
     async def infer(self, request: InferRequest) -> InferResponse:
@@ -191,12 +198,13 @@ class InferenceCore:
         # The common path: one future resolved once, no per-request stream machinery.
         sender = UnaryResponse(asyncio.get_running_loop())
         self._admit(model, request, sender)
-        ok, reason = False, "CANCELED"
+        ok, reason, message = False, "CANCELED", "request was cancelled"
         try:
             response = await sender.wait()
             ok = response.error is None
             if not ok:
                 reason = _failure_reason(response.error)  # type: ignore[arg-type]
+                message = response.error.message  # type: ignore[union-attr]
         except asyncio.CancelledError:
             sender.cancel()
             raise
@@ -204,6 +212,8 @@ class InferenceCore:
             dispatch = request.dispatch_ns
             queue_ns = dispatch - request.arrival_ns if dispatch else None
             model.stats.record_request(ok, time.monotonic_ns() - request.arrival_ns, queue_ns, reason)
+            if not ok or request.trace is not None:
+                self._monitor(model, request, None if ok else reason, message)
         if response.error is not None:
             raise response.error
         return response
@@ -211,22 +221,31 @@ class InferenceCore:
     async def stream(self, request: InferRequest) -> AsyncGenerator[InferResponse, None]:
         """Every response of one request, in order; the last one has ``final`` set."""
         model, stream = self.submit(request)
-        ok, reason = True, "BACKEND"
+        ok, reason, message = True, "BACKEND", ""
         try:
             async for response in stream:
                 if response.error is not None:
-                    ok, reason = False, _failure_reason(response.error)
+                    ok, reason, message = False, _failure_reason(response.error), response.error.message
                 if not response.model_name:
                     response.model_name, response.model_version = model.name, model.version_str
                 yield response
         except (asyncio.CancelledError, GeneratorExit):
             stream.cancel()
-            ok, reason = False, "CANCELED"
+            ok, reason, message = False, "CANCELED", "request was cancelled"
             raise
         finally:
             dispatch = request.dispatch_ns
             queue_ns = dispatch - request.arrival_ns if dispatch else None
             model.stats.record_request(ok, time.monotonic_ns() - request.arrival_ns, queue_ns, reason)
+            if not ok or request.trace is not None:
+                self._monitor(model, request, None if ok else reason, message)
+
+    def _monitor(self, model: ModelVersion, request: InferRequest, failure: str | None, message: str) -> None:
+        """Off the common path: note a failure for the status page, export a traced request's spans."""
+        if failure is not None:
+            self.recent_errors.add(model.name, model.version_str, request.id, failure, message)
+        if request.trace is not None:
+            self.tracing.finish(request, model.version_str, None if failure is None else message)
 
 
 def _failure_reason(error: ServingError) -> str:

@@ -22,6 +22,7 @@ from nereid.server.errors import Cancelled, InternalError, ServingError, Unavail
 from nereid.server.model_config import TensorSpec
 from nereid.server.queue import RequestQueue
 from nereid.server.stats import ExecutionRecord, ModelStats
+from nereid.server.tracing.stages import note_batch
 from nereid.server.types import InferRequest, InferResponse
 
 log = logging.getLogger(__name__)
@@ -114,6 +115,10 @@ class DynamicBatcher:
         self.stats.record_execution(
             ExecutionRecord(rows, len(live), timer.input_ns, timer.infer_ns, timer.output_ns)
         )
+        traced = [request for request in live if request.trace is not None]
+        if traced:
+            phases = (timer.input_ns, timer.infer_ns, timer.output_ns)
+            note_batch(traced, len(live), rows, phases, time.monotonic_ns())
         if error is None and self.decoupled:
             return replies  # the backend sends through each request's sender
         if error is None and (responses is None or len(responses) != len(live)):

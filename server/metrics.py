@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 
+from nereid.server.system_metrics import SystemCollector
+
 if TYPE_CHECKING:
     from nereid.server.core import InferenceCore
 
@@ -107,6 +109,7 @@ class CoreCollector:
 def build_registry(core: InferenceCore) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(CoreCollector(core))
+    registry.register(SystemCollector())
     return registry
 
 

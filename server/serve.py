@@ -13,11 +13,14 @@ from typing import Any
 
 import uvicorn
 
+from nereid.server import logs
 from nereid.server.core import CoreOptions, InferenceCore
 from nereid.server.http.app import HttpFrontend
 from nereid.server.metrics import MetricsApp, build_registry
 from nereid.server.openai.app import OpenAIFrontend
 from nereid.server.settings import Settings, parse_settings
+from nereid.server.status.page import StatusPage
+from nereid.server.tracing import TraceManager
 
 log = logging.getLogger("nereid")
 
@@ -47,8 +50,11 @@ class NereidServer:
         self.settings = settings
         options = CoreOptions(settings.strict_readiness, settings.model_control_mode)
         self.core = InferenceCore(settings.model_repository, options, settings.model_load_thread_count)
+        self.core.tracing = TraceManager(settings.trace_config)
         self.http = HttpFrontend(self.core, settings.http_max_input_size)
+        self.http.access_log = settings.log_access
         self.http.mounts["v1"] = OpenAIFrontend(self.core)
+        self.http.mounts[""] = self.http.mounts["status"] = StatusPage(self.core)
         self.ports: dict[str, int] = {}
         self._servers: list[_Uvicorn] = []
         self._tasks: list[asyncio.Task[None]] = []
@@ -131,6 +137,7 @@ class NereidServer:
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=grace)
         await self.core.stop()
+        await asyncio.to_thread(self.core.tracing.shutdown)
 
 
 async def _main(settings: Settings) -> int:
@@ -160,10 +167,7 @@ def run(argv: list[str]) -> int:
     except ValueError as exc:
         print(f"nereid serve: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=logging.DEBUG if settings.log_verbose else logging.INFO,
-        format="%(asctime)s %(levelname).1s %(name)s] %(message)s",
-    )
+    logs.configure(settings.log_format, settings.log_verbose)
     try:
         import uvloop
 

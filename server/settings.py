@@ -39,6 +39,12 @@ class Settings:
     #: Exit at start-up when any model fails to load (Triton's default).
     exit_on_error: bool = True
     log_verbose: int = 0
+    #: text (Triton-like lines, messages escaped), ISO8601, or json (one object a line).
+    log_format: str = "text"
+    #: Log every HTTP request (method, path, status, duration, request and trace id).
+    log_access: bool = False
+    #: Triton's ``--trace-config [mode,]key=value`` (repeatable): level, rate, count, file, dir, ...
+    trace_config: list[str] = field(default_factory=list)
     #: Largest HTTP request body, also after decompression.
     http_max_input_size: int = DEFAULT_MAX_INPUT_SIZE
     #: Largest gRPC message received.
@@ -62,9 +68,14 @@ class Settings:
             )
         if self.http_max_input_size <= 0 or self.grpc_max_input_size <= 0:
             raise ValueError("input size limits must be positive")
+        if self.log_format not in ("text", "default", "ISO8601", "json"):
+            raise ValueError(f"--log-format must be text, ISO8601 or json, got '{self.log_format}'")
+        from nereid.server.tracing.manager import check_flags
+
+        check_flags(self.trace_config)
 
 
-_LISTS = {"model_repository": Path, "load_model": str}
+_LISTS = {"model_repository": Path, "load_model": str, "trace_config": str}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -21,6 +21,7 @@ from nereid.server.core import InferenceCore
 from nereid.server.errors import InvalidArgument, ServingError, Unsupported, as_serving_error
 from nereid.server.grpc import codec
 from nereid.server.grpc.errors import GRPC_STATUS
+from nereid.server.grpc.observe import observe, trace_setting
 from nereid.server.grpc.stream import StreamSession
 from nereid.server.model_config import config_from_dict
 
@@ -112,8 +113,9 @@ class InferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
 
     @_unary
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Context) -> pb.ModelInferResponse:
-        response = await self.core.infer(codec.decode_request(request))
-        return codec.encode_response(response)
+        infer_request = codec.decode_request(request)
+        observe(self.core, context, infer_request)
+        return codec.encode_response(await self.core.infer(infer_request))
 
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: Context
@@ -163,6 +165,12 @@ class InferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
         await self.core.unload_model(request.model_name)
         return pb.RepositoryModelUnloadResponse()
 
+    @_unary
+    async def TraceSetting(
+        self, request: pb.TraceSettingRequest, context: Context
+    ) -> pb.TraceSettingResponse:
+        return trace_setting(self.core, request)
+
     # ---- extensions Nereid does not offer -----------------------------------------------------
 
     SystemSharedMemoryStatus = _unimplemented("system shared memory")
@@ -171,7 +179,6 @@ class InferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
     CudaSharedMemoryStatus = _unimplemented("CUDA shared memory")
     CudaSharedMemoryRegister = _unimplemented("CUDA shared memory")
     CudaSharedMemoryUnregister = _unimplemented("CUDA shared memory")
-    TraceSetting = _unimplemented("trace settings (the trace extension)")
     LogSettings = _unimplemented("log settings (the logging extension)")
 
 
