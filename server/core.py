@@ -175,7 +175,11 @@ class InferenceCore:
         return model, stream
 
     def _admit(self, model: ModelVersion, request: InferRequest, sender: ResponseSender) -> None:
-        model.validate(request)
+        try:
+            model.validate(request)
+        except ServingError as exc:
+            self.recent_errors.add(model.name, model.version_str, request.id, "INVALID", exc.message)
+            raise
         params = request.parameters
         if params:
             request.priority = int_parameter(params, "priority", 0, 2**31) or 0
