@@ -26,6 +26,7 @@ serve: $(STAMP)
 
 # Strict editable installs do not see new files, so refresh the install before testing.
 test: $(STAMP)
+	command -v chromium >/dev/null && command -v chromedriver >/dev/null || (apt-get update && apt-get install -y chromium chromium-driver)
 	$(BIN)/pip install -q --no-deps --config-settings editable_mode=strict -e .
 	$(BIN)/pytest -q
 
