@@ -9,6 +9,7 @@ engine index label; here it carries the model version, so versions stay apart).
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -64,14 +65,13 @@ class VllmNames:
         yield swapped
 
 
-_registered = False
+_lock = threading.Lock()
 
 
 def register() -> None:
-    """Add the collector to prometheus-client's default registry once per process."""
-    global _registered
-    if not _registered:
-        from prometheus_client import REGISTRY
+    """Add the collector to prometheus-client's default registry once per process (engines load in parallel)."""
+    from prometheus_client import REGISTRY
 
-        REGISTRY.register(VllmNames())  # type: ignore[arg-type]
-        _registered = True
+    with _lock:
+        if "vllm:num_requests_swapped" not in REGISTRY._names_to_collectors:  # no public lookup
+            REGISTRY.register(VllmNames())  # type: ignore[arg-type]
