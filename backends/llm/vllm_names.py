@@ -74,4 +74,4 @@ def register() -> None:
 
     with _lock:
         if "vllm:num_requests_swapped" not in REGISTRY._names_to_collectors:  # no public lookup
-            REGISTRY.register(VllmNames())  # type: ignore[arg-type]
+            REGISTRY.register(VllmNames())
