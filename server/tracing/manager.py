@@ -12,7 +12,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from nereid.server.errors import InvalidArgument
 from nereid.server.tracing import settings as ts
 from nereid.server.tracing.context import TraceContext, parse_traceparent
-from nereid.server.tracing.exporters import JsonLinesExporter, MemoryExporter, otlp_exporter
+from nereid.server.tracing.exporters import FanOut, JsonLinesExporter, MemoryExporter, otlp_exporter
 from nereid.server.tracing.settings import TraceSettings
 from nereid.server.tracing.spans import request_spans
 
@@ -52,16 +52,13 @@ class TraceManager:
         exporters: list[SpanExporter] = [self.file, self.memory]
         if options.get("url"):
             exporters.append(otlp_exporter(options["url"]))
-        delay = int(options.get("bsp_schedule_delay", "200"))
-        self._processors = [
-            BatchSpanProcessor(
-                e,
-                max_queue_size=int(options.get("bsp_max_queue_size", "2048")),
-                schedule_delay_millis=delay,
-                max_export_batch_size=int(options.get("bsp_max_export_batch_size", "512")),
-            )
-            for e in exporters
-        ]
+        # One queue for all exporters; sized for bursts (each traced request is about seven spans).
+        self._processor = BatchSpanProcessor(
+            FanOut(exporters),
+            max_queue_size=int(options.get("bsp_max_queue_size", "65536")),
+            schedule_delay_millis=int(options.get("bsp_schedule_delay", "200")),
+            max_export_batch_size=int(options.get("bsp_max_export_batch_size", "2048")),
+        )
         self.active = False
         self._refresh()
 
@@ -133,17 +130,14 @@ class TraceManager:
         except Exception:  # tracing must never fail a request
             log.exception("could not build the spans of request '%s'", request.id)
             return
-        for processor in self._processors:
-            for span in spans:
-                processor.on_end(span)
+        for span in spans:
+            self._processor.on_end(span)
 
     def flush(self, timeout_ms: int = 5000) -> None:
-        for processor in self._processors:
-            processor.force_flush(timeout_ms)
+        self._processor.force_flush(timeout_ms)
 
     def shutdown(self) -> None:
-        for processor in self._processors:
-            processor.shutdown()
+        self._processor.shutdown()
 
 
 def wire_values(body: Any) -> dict[str, Any]:

@@ -25,8 +25,7 @@ SCOPE = InstrumentationScope("nereid.server", "0.1.0")
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 
 
-def _context(trace: TraceContext, span_id: int) -> SpanContext:
-    state = TraceState.from_header([trace.tracestate]) if trace.tracestate else None
+def _context(trace: TraceContext, span_id: int, state: TraceState | None) -> SpanContext:
     return SpanContext(trace.trace_id, span_id, is_remote=False, trace_flags=_SAMPLED, trace_state=state)
 
 
@@ -61,10 +60,11 @@ def request_spans(
         for tensor in request.inputs:
             attributes[f"nereid.input.{tensor.name}"] = f"{tensor.datatype}{list(tensor.shape)}"
     status = Status(StatusCode.ERROR, error) if error else Status(StatusCode.OK)
+    state = TraceState.from_header([trace.tracestate]) if trace.tracestate else None
     spans = [
         ReadableSpan(
             "infer",
-            context=_context(trace, trace.span_id),
+            context=_context(trace, trace.span_id, state),
             parent=root_parent,
             resource=resource,
             attributes=attributes,
@@ -86,11 +86,11 @@ def request_spans(
         spans.append(
             ReadableSpan(
                 stage.name,
-                context=_context(trace, span_id),
+                context=_context(trace, span_id, state),
                 parent=_parent(trace, parent),
                 resource=resource,
                 attributes=stage.attributes,
-                links=_links(stage.links),
+                links=_links(stage.links) if stage.links else (),
                 start_time=stage.start_ns + offset,
                 end_time=max(stage.end_ns, stage.start_ns) + offset,
                 instrumentation_scope=SCOPE,
