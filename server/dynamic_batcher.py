@@ -108,7 +108,12 @@ class DynamicBatcher:
             responses = instance.execute(live)
             error: ServingError | None = None
         except Exception as exc:  # a backend failure fails this batch only
-            log.exception("model '%s' version %s failed a batch", self.name, self.version)
+            log.exception(
+                "model '%s' version %s failed a batch",
+                self.name,
+                self.version,
+                extra={"model": self.name, "version": self.version, "request_id": live[0].id or None},
+            )
             responses, error = None, as_serving_error(exc)
         timer.settle(time.perf_counter_ns() - start)
         rows = sum(r.batch_size for r in live) if self.max_batch_size > 0 else len(live)
