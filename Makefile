@@ -27,7 +27,8 @@ serve: $(STAMP)
 # Strict editable installs do not see new files, so refresh the install before testing.
 # The failover tests run a real HAProxy (Debian's package); installed once, as root.
 test: $(STAMP)
-	command -v haproxy >/dev/null || (apt-get update -q && apt-get install -y -q haproxy)
+	command -v haproxy >/dev/null && command -v chromium >/dev/null && command -v chromedriver >/dev/null \
+		|| (apt-get update -q && apt-get install -y -q haproxy chromium chromium-driver)
 	$(BIN)/pip install -q --no-deps --config-settings editable_mode=strict -e .
 	$(BIN)/pytest -q
 

@@ -36,6 +36,8 @@ echo "$out" | grep -q '"data":\[2.0,2.0' || { echo "wheel smoke: unexpected add_
 text='{"inputs":[{"name":"TEXT","shape":[1,1],"datatype":"BYTES","data":["  Hello   WORLD "]}]}'
 out=$(curl -sf "http://127.0.0.1:$port/v2/models/preprocess/infer" -d "$text")
 echo "$out" | grep -q '"hello world"' || { echo "wheel smoke: unexpected preprocess reply: $out"; exit 1; }
+curl -sf "http://127.0.0.1:$port/status/status.js" | grep -q textContent \
+  || { echo "wheel smoke: the status page's script is missing from the wheel"; exit 1; }
 kill -TERM "$pid"
 wait "$pid"
 pid=""

@@ -21,7 +21,7 @@ from typing import Any
 
 from nereid.clients.inputs import InputDataError, parse_shape
 from nereid.clients.loadgen import process_cpu, run_load
-from nereid.clients.report import LoadResult, ProgressLine, format_table
+from nereid.clients.report import LoadResult, ProgressLine, format_summary, format_table
 from nereid.clients.transports import DEFAULT_PORTS, HTTP_CLIENTS, PROTOCOLS, InferError
 
 
@@ -58,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--server-pid", type=int, help="report this local process's CPU time per request")
     p.add_argument("--json", type=Path, help="also write the result as JSON here")
+    p.add_argument("--plot", type=Path, help="also write latency and throughput over time as a PNG here")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress line")
     return p
 
@@ -126,6 +127,13 @@ def main(argv: list[str] | None = None) -> int:
         f"shapes {result.shapes} ({result.machine['cpus']} CPUs; client and server may share them)"
     )
     print(format_table(result.rows, title))
+    print(format_summary(result.rows))
+    if args.plot:
+        from nereid.clients.plot import write_plot
+
+        timeline = [point for row in result.rows for point in row.timeline]
+        start = min((end - latency for end, latency in timeline), default=0)
+        write_plot(args.plot, timeline, start, f"{result.model} {result.protocol}")
     if args.json:
         args.json.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
     return 1 if result.has_errors() else 0

@@ -75,6 +75,7 @@ class _Window:
         self.is_open = False
         self.start = self.end = 0
         self.latencies: list[int] = []
+        self.ends: list[int] = []  # completion instants of the successes, for plots over time
         self.errors: dict[str, int] = {}
         self.failed = 0
         self.sent = 0
@@ -100,7 +101,9 @@ class _Window:
         if not self.is_open:
             return
         if error is None:
-            self.latencies.append(time.perf_counter_ns() - began)
+            now = time.perf_counter_ns()
+            self.latencies.append(now - began)
+            self.ends.append(now)
             return
         self.failed += 1
         key = error if error in self.errors or len(self.errors) < MAX_ERROR_KINDS else "(other errors)"
@@ -207,7 +210,11 @@ async def measure_level(
         skipped=window.skipped,
         client_cpu_us=window.cpu_per_request_us("client"),
         server_cpu_us=window.cpu_per_request_us("server"),
+        timeline=list(zip(window.ends, window.latencies, strict=True)),
     )
+
+
+BAR = 20  # progress bar width in characters
 
 
 async def _tick(progress: Progress | None, label: str, seconds: float, window: _Window) -> None:
@@ -217,7 +224,8 @@ async def _tick(progress: Progress | None, label: str, seconds: float, window: _
     end = start + seconds
     while (now := loop.time()) < end:
         if progress is not None:
-            text = f"{label} {now - start:4.1f}/{seconds:g}s"
+            filled = int(BAR * (now - start) / seconds) if seconds > 0 else BAR
+            text = f"{label} [{'#' * filled}{'.' * (BAR - filled)}] {now - start:4.1f}/{seconds:g}s"
             if window.is_open:
                 done = len(window.latencies)
                 text += f"  {done} ok  {done / max(now - start, 1e-9):,.0f} req/s  {window.failed} errors"

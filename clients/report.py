@@ -73,6 +73,8 @@ class Row:
     #: when the caller could read it. On a shared machine the two compete for the same cores.
     client_cpu_us: float | None = None
     server_cpu_us: float | None = None
+    #: ``(completion perf_counter ns, latency ns)`` of each success, for plots; left out of the JSON.
+    timeline: list[tuple[int, int]] = field(default_factory=list, repr=False)
 
 
 @dataclass
@@ -90,7 +92,10 @@ class LoadResult:
     machine: dict[str, Any] = field(default_factory=lambda: {"cpus": os.cpu_count()})
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        result = asdict(self)
+        for row in result["rows"]:
+            row.pop("timeline", None)
+        return result
 
     def has_errors(self) -> bool:
         return any(row.errors for row in self.rows)
@@ -123,6 +128,20 @@ def format_table(rows: Sequence[Row], title: str = "") -> str:
         for message, count in r.error_messages.items():
             out.append(f"  {_num(r.level)}: {count} x {message}")
     return "\n".join(out)
+
+
+def format_summary(rows: Sequence[Row]) -> str:
+    """One end-of-run paragraph over every level: totals and latency percentiles in milliseconds."""
+    latencies = sorted(lat for row in rows for _, lat in row.timeline)
+    completed, errors = sum(r.completed for r in rows), sum(r.errors for r in rows)
+    seconds = sum(r.duration_s for r in rows)
+    text = f"Summary: {completed} requests ok, {errors} failed, in {seconds:.1f} s measured"
+    if not latencies:
+        return text
+    ms = [percentile(latencies, p) / 1e6 for p in (50, 90, 95, 99)]
+    text += f" ({completed / seconds:,.1f} req/s)\n"
+    text += "  latency ms: p50 {:.3f}  p90 {:.3f}  p95 {:.3f}  p99 {:.3f}".format(*ms)
+    return text + f"  max {latencies[-1] / 1e6:.3f}"
 
 
 def _opt(value: float | None) -> str:

@@ -27,6 +27,8 @@ from nereid.server.repository import ModelRepository
 from nereid.server.responses import ResponseStream, UnaryResponse
 from nereid.server.routing.router import Router
 from nereid.server.stats import ModelStatistics
+from nereid.server.status.recent import RecentErrors
+from nereid.server.tracing import TraceManager
 from nereid.server.types import InferRequest, InferResponse, ResponseSender
 from nereid.server.validation import int_parameter
 
@@ -40,6 +42,7 @@ EXTENSIONS = (
     "parameters",
     "schedule_policy",
     "statistics",
+    "trace",
 )
 MAX_TIMEOUT_US = 86_400 * 1_000_000  # a day
 
@@ -65,6 +68,9 @@ class InferenceCore:
         self._poller: RepositoryPoller | None = None
         self._state = "INITIALIZING"
         self._loop: asyncio.AbstractEventLoop | None = None
+        # The Monitor stage: sampled requests' spans, and the last failures for the status page.
+        self.tracing = TraceManager()
+        self.recent_errors = RecentErrors()
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop | None:
@@ -202,7 +208,11 @@ class InferenceCore:
         return model, stream
 
     def _admit(self, model: ModelVersion, request: InferRequest, sender: ResponseSender) -> None:
-        model.validate(request)
+        try:
+            model.validate(request)
+        except ServingError as exc:
+            self.recent_errors.add(model.name, model.version_str, request.id, "INVALID", exc.message)
+            raise
         params = request.parameters
         if params:
             request.priority = int_parameter(params, "priority", 0, 2**31) or 0
@@ -210,8 +220,9 @@ class InferenceCore:
         request.sender = sender
         try:
             model.scheduler.enqueue(request)
-        except Unavailable:
+        except Unavailable as exc:
             model.stats.record_request(False, time.monotonic_ns() - request.arrival_ns, None, "REJECTED")
+            self._monitor(model, request, "REJECTED", exc.message)
             raise
 
     async def infer(self, request: InferRequest) -> InferResponse:
@@ -225,12 +236,13 @@ class InferenceCore:
         # The common path: one future resolved once, no per-request stream machinery.
         sender = UnaryResponse(asyncio.get_running_loop())
         self._admit(model, request, sender)
-        ok, reason, response = False, "CANCELED", None
+        ok, reason, message, response = False, "CANCELED", "request was cancelled", None
         try:
             response = await sender.wait()
             ok = response.error is None
             if not ok:
                 reason = _failure_reason(response.error)  # type: ignore[arg-type]
+                message = response.error.message  # type: ignore[union-attr]
         except asyncio.CancelledError:
             sender.cancel()
             raise
@@ -240,6 +252,8 @@ class InferenceCore:
             total_ns = time.monotonic_ns() - request.arrival_ns
             model.stats.record_request(ok, total_ns, queue_ns, reason)
             self.router.observe(model, request, ok, total_ns, response)
+            if not ok or request.trace is not None:
+                self._monitor(model, request, None if ok else reason, message)
         assert response is not None  # set unless the await raised
         if response.error is not None:
             raise response.error
@@ -249,18 +263,18 @@ class InferenceCore:
         """Every response of one request, in order; the last one has ``final`` set."""
         await self._resident(request)
         model, stream = self.submit(request)
-        ok, reason, last = True, "BACKEND", None
+        ok, reason, message, last = True, "BACKEND", "", None
         try:
             async for response in stream:
                 last = response
                 if response.error is not None:
-                    ok, reason = False, _failure_reason(response.error)
+                    ok, reason, message = False, _failure_reason(response.error), response.error.message
                 if not response.model_name:
                     response.model_name, response.model_version = model.name, model.version_str
                 yield response
         except (asyncio.CancelledError, GeneratorExit):
             stream.cancel()
-            ok, reason = False, "CANCELED"
+            ok, reason, message = False, "CANCELED", "request was cancelled"
             raise
         finally:
             dispatch = request.dispatch_ns
@@ -268,6 +282,15 @@ class InferenceCore:
             total_ns = time.monotonic_ns() - request.arrival_ns
             model.stats.record_request(ok, total_ns, queue_ns, reason)
             self.router.observe(model, request, ok, total_ns, None if model.decoupled else last)
+            if not ok or request.trace is not None:
+                self._monitor(model, request, None if ok else reason, message)
+
+    def _monitor(self, model: ModelVersion, request: InferRequest, failure: str | None, message: str) -> None:
+        """Off the common path: note a failure for the status page, export a traced request's spans."""
+        if failure is not None:
+            self.recent_errors.add(model.name, model.version_str, request.id, failure, message)
+        if request.trace is not None:
+            self.tracing.finish(request, model.version_str, None if failure is None else message)
 
 
 def _failure_reason(error: ServingError) -> str:

@@ -22,6 +22,7 @@ from nereid.server.errors import Cancelled, InternalError, ServingError, Unavail
 from nereid.server.model_config import TensorSpec
 from nereid.server.queue import RequestQueue
 from nereid.server.stats import ExecutionRecord, ModelStats
+from nereid.server.tracing.stages import note_batch
 from nereid.server.types import InferRequest, InferResponse
 
 log = logging.getLogger(__name__)
@@ -106,13 +107,22 @@ class DynamicBatcher:
             responses = instance.execute(live)
             error: ServingError | None = None
         except Exception as exc:  # a backend failure fails this batch only
-            log.exception("model '%s' version %s failed a batch", self.name, self.version)
+            log.exception(
+                "model '%s' version %s failed a batch",
+                self.name,
+                self.version,
+                extra={"model": self.name, "version": self.version, "request_id": live[0].id or None},
+            )
             responses, error = None, as_serving_error(exc)
         timer.settle(time.perf_counter_ns() - start)
         rows = sum(r.batch_size for r in live) if self.max_batch_size > 0 else len(live)
         self.stats.record_execution(
             ExecutionRecord(rows, len(live), timer.input_ns, timer.infer_ns, timer.output_ns)
         )
+        traced = [request for request in live if request.trace is not None]
+        if traced:
+            phases = (timer.input_ns, timer.infer_ns, timer.output_ns)
+            note_batch(traced, len(live), rows, phases, time.monotonic_ns())
         if error is None and self.decoupled:
             return replies  # the backend sends through each request's sender
         if error is None and (responses is None or len(responses) != len(live)):

@@ -6,7 +6,10 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
+
+from nereid.server.stats import LATENCY_BUCKETS
+from nereid.server.system_metrics import SystemCollector
 
 if TYPE_CHECKING:
     from nereid.server.core import InferenceCore
@@ -86,6 +89,11 @@ class CoreCollector:
             "Queued requests per priority level (1 = highest), for autoscalers",
             labels=[*labels, "priority"],
         )
+        latency = HistogramMetricFamily(
+            "nereid_inference_request_duration_seconds",
+            "End-to-end duration of successful inference requests (for latency percentiles)",
+            labels=labels,
+        )
         for model in self.core.loaded_models():
             stats, key = model.stats, [model.name, model.version_str]
             success.add_metric(key, stats.success.count)
@@ -101,7 +109,17 @@ class CoreCollector:
             pending.add_metric(key, stats.pending)
             for level, value in sorted(stats.pending_by_priority.items()):
                 pending_priority.add_metric([*key, str(level)], value)
-        yield from (success, failure, count, exec_count, *durations.values(), pending, pending_priority)
+            latency.add_metric(key, _cumulative(stats.latency_buckets), stats.success.ns / 1e9)
+        yield from (
+            success,
+            failure,
+            count,
+            exec_count,
+            *durations.values(),
+            pending,
+            pending_priority,
+            latency,
+        )
         yield from self.lifecycle()
 
     def lifecycle(self) -> Iterator[Metric]:
@@ -154,9 +172,18 @@ class CoreCollector:
         yield from (share, canary, shadow, resident, evicted, budget, evictions)
 
 
+def _cumulative(counts: list[int]) -> list[tuple[str, float]]:
+    buckets, total = [], 0
+    for bound, count in zip([*map(str, LATENCY_BUCKETS), "+Inf"], counts, strict=True):
+        total += count
+        buckets.append((bound, float(total)))
+    return buckets
+
+
 def build_registry(core: InferenceCore) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(CoreCollector(core))
+    registry.register(SystemCollector())
     return registry
 
 

@@ -25,6 +25,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from nereid.server import logs
 from nereid.server.auth import Authorizer, RestrictedApis, key_store_from
 from nereid.server.core import CoreOptions, InferenceCore
 from nereid.server.gate import Gate
@@ -35,6 +36,8 @@ from nereid.server.metrics import MetricsApp, build_registry
 from nereid.server.openai.app import OpenAIFrontend
 from nereid.server.ratelimit import RateLimitCollector, RateLimiter, RateLimits
 from nereid.server.settings import Settings, parse_settings
+from nereid.server.status.page import StatusPage
+from nereid.server.tracing import TraceManager
 
 log = logging.getLogger("nereid")
 # Unloading models after the drain may take this long before the watchdog ends the process.
@@ -90,7 +93,10 @@ class NereidServer:
         self.http_gate, self.grpc_gate = build_gates(settings)
         if self.http_gate.enabled:
             self.http.guard = HttpGuard(self.http_gate)
+        self.core.tracing = TraceManager(settings.trace_config)
+        self.http.access_log = settings.log_access
         self.http.mounts["v1"] = OpenAIFrontend(self.core)
+        self.http.mounts[""] = self.http.mounts["status"] = StatusPage(self.core)
         self.ports: dict[str, int] = {}
         self._listeners: list[HttpListener] = []
         self._grpc: Any = None
@@ -199,6 +205,7 @@ class NereidServer:
         except TimeoutError:
             self.forced = True
             log.warning("models did not unload within %.0f s; exiting anyway", grace)
+        await asyncio.to_thread(self.core.tracing.shutdown)
 
     async def _close_listeners(self, timeout: float) -> bool:
         """Close every listener at once, each with ``timeout`` for its in-flight work."""
@@ -264,10 +271,7 @@ def run(argv: list[str]) -> int:
     except ValueError as exc:
         print(f"nereid serve: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=logging.DEBUG if settings.log_verbose else logging.INFO,
-        format="%(asctime)s %(levelname).1s %(name)s] %(message)s",
-    )
+    logs.configure(settings.log_format, settings.log_verbose)
     try:
         import uvloop
 

@@ -55,6 +55,20 @@ class Settings:
         default=True, metadata=_help("Exit at start-up when any model fails to load (Triton's default).")
     )
     log_verbose: int = field(default=0, metadata=_help("Verbose (debug) logging when above 0."))
+    log_format: str = field(
+        default="text",
+        metadata=_help("text (Triton-like lines, messages escaped), ISO8601, or json (one object a line)."),
+    )
+    log_access: bool = field(
+        default=False,
+        metadata=_help("Log every HTTP request (method, path, status, duration, request and trace id)."),
+    )
+    trace_config: list[str] = field(
+        default_factory=list,
+        metadata=_help(
+            "Triton's --trace-config [mode,]key=value (repeatable): level, rate, count, file, dir, ..."
+        ),
+    )
     http_max_input_size: int = field(
         default=DEFAULT_MAX_INPUT_SIZE,
         metadata=_help("Largest HTTP request body in bytes, also after decompression."),
@@ -200,6 +214,11 @@ class Settings:
             raise ValueError("--model-name serves exactly one --model-repository folder")
         if self.http_header_timeout_secs <= 0:
             raise ValueError("--http-header-timeout-secs must be positive")
+        if self.log_format not in ("text", "default", "ISO8601", "json"):
+            raise ValueError(f"--log-format must be text, ISO8601 or json, got '{self.log_format}'")
+        from nereid.server.tracing.manager import check_flags
+
+        check_flags(self.trace_config)
         self.validate_security()
 
     def validate_security(self) -> None:
@@ -225,6 +244,7 @@ _LISTS = {
     "load_model": str,
     "http_restricted_api": str,
     "grpc_restricted_protocol": str,
+    "trace_config": str,
 }
 # Other spellings users bring from Triton and KServe runtimes.
 _ALIASES = {"--model-store": "--model-repository", "--model-dir": "--model-repository"}

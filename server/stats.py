@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
+from bisect import bisect_left
 from dataclasses import dataclass, field
 
 
@@ -42,6 +43,11 @@ class ExecutionRecord:
     output_ns: int
 
 
+#: Upper bounds (seconds) of the request-latency histogram the dashboards take percentiles from.
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_BUCKET_NS = tuple(int(b * 1e9) for b in LATENCY_BUCKETS)
+
+
 class ModelStats:
     """Counters for one model version (Triton's ModelStatistics)."""
 
@@ -62,6 +68,8 @@ class ModelStats:
         self.failures: dict[str, int] = dict.fromkeys(self.FAILURE_REASONS, 0)
         self.pending = 0
         self.pending_by_priority: dict[int, int] = {}
+        # Successful requests per LATENCY_BUCKETS bucket (the last one is +Inf), not cumulative.
+        self.latency_buckets = [0] * (len(LATENCY_BUCKETS) + 1)
 
     def record_execution(self, record: ExecutionRecord) -> None:
         with self._lock:
@@ -83,6 +91,7 @@ class ModelStats:
         with self._lock:
             if ok:
                 self.success.add(total_ns)
+                self.latency_buckets[bisect_left(_BUCKET_NS, total_ns)] += 1
             else:
                 self.fail.add(total_ns)
                 self.failures[reason] = self.failures.get(reason, 0) + 1

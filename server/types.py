@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
     from nereid.proto import model_config_pb2 as mc
     from nereid.server.errors import ServingError
+    from nereid.server.tracing.context import TraceContext
 
 Parameters = dict[str, Any]  # scalars on the wire; typed values in process (see nereid.server.parameters)
 
@@ -76,6 +77,8 @@ class InferRequest:
     dispatch_ns: int = 0
     # Set by the core before the request is queued.
     sender: ResponseSender | None = None
+    # Set by a front-end for a sampled request only; stages note their times on it (server/tracing).
+    trace: TraceContext | None = None
 
     def input(self, name: str) -> Tensor | None:
         for tensor in self.inputs:

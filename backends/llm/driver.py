@@ -24,6 +24,7 @@ from nereid.backends.llm.outputs import RequestOutput
 from nereid.backends.llm.requests import EngineRequest
 from nereid.backends.llm.responses import RequestState
 from nereid.server.errors import Cancelled, InternalError, InvalidArgument, ServingError, Unavailable
+from nereid.server.tracing.stages import note_llm
 from nereid.server.types import InferRequest, InferResponse, ResponseSender
 
 log = logging.getLogger(__name__)
@@ -140,6 +141,8 @@ class EngineDriver:
             _send_error(state.request, InvalidArgument(str(exc)))
             return
         self._live[engine_id] = state
+        if state.request.trace is not None:
+            state.request.trace.marks["llm.admit"] = time.monotonic_ns()
 
     def _route(self, outputs: list[RequestOutput]) -> None:
         now = time.monotonic_ns()
@@ -160,6 +163,11 @@ class EngineDriver:
                 del self._live[out.request_id]
                 if out.finish_reason != "abort":
                     self.metrics.finished((now - state.request.arrival_ns) / 1e9)
+                if state.request.trace is not None:
+                    note_llm(
+                        state.request, state.first_token_ns, now, out.num_prompt_tokens,
+                        out.num_generation_tokens, out.finish_reason or "",
+                    )  # fmt: skip
             response = state.respond(out, tokenizer)
             if response is not None and state.request.sender is not None:
                 replies.append((state.request.sender, response, out.finished))

@@ -69,6 +69,9 @@ class EngineMetrics:
     """The metric children of one engine; called from its driver thread only."""
 
     def __init__(self, model: str, version: str) -> None:
+        from nereid.backends.llm import vllm_names
+
+        vllm_names.register()  # the same families under vLLM's names, for its dashboards
         self.key = (model, version)
         _owners[self.key] = self
         self._ttft = TIME_TO_FIRST_TOKEN.labels(*self.key)

@@ -20,6 +20,7 @@ from nereid.server.core import InferenceCore
 from nereid.server.errors import ServingError, Unsupported, as_serving_error
 from nereid.server.grpc import codec
 from nereid.server.grpc.errors import GRPC_STATUS
+from nereid.server.grpc.observe import observe, trace_setting
 from nereid.server.grpc.stream import StreamSession
 from nereid.server.lifecycle import load_parameters, unload_dependents
 
@@ -117,8 +118,8 @@ class InferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
             for key, value in context.invocation_metadata() or ():
                 if key == sticky:
                     infer_request.parameters.setdefault(sticky, value)
-        response = await self.core.infer(infer_request)
-        return codec.encode_response(response)
+        observe(self.core, context, infer_request)
+        return codec.encode_response(await self.core.infer(infer_request))
 
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: Context
@@ -165,6 +166,12 @@ class InferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
         await self.core.unload_model(request.model_name, unload_dependents(params))
         return pb.RepositoryModelUnloadResponse()
 
+    @_unary
+    async def TraceSetting(
+        self, request: pb.TraceSettingRequest, context: Context
+    ) -> pb.TraceSettingResponse:
+        return trace_setting(self.core, request)
+
     # ---- extensions Nereid does not offer -----------------------------------------------------
 
     SystemSharedMemoryStatus = _unimplemented("system shared memory")
@@ -173,7 +180,6 @@ class InferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
     CudaSharedMemoryStatus = _unimplemented("CUDA shared memory")
     CudaSharedMemoryRegister = _unimplemented("CUDA shared memory")
     CudaSharedMemoryUnregister = _unimplemented("CUDA shared memory")
-    TraceSetting = _unimplemented("trace settings (the trace extension)")
     LogSettings = _unimplemented("log settings (the logging extension)")
 
 

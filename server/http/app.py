@@ -12,6 +12,7 @@ from nereid.server.core import InferenceCore
 from nereid.server.errors import InvalidArgument, NotFound, ServingError, as_serving_error
 from nereid.server.http import codec
 from nereid.server.http.asgi import (
+    JSON,
     HttpError,
     Receive,
     Request,
@@ -24,7 +25,9 @@ from nereid.server.http.asgi import allow as _allow
 from nereid.server.http.disconnect import cancel_on_disconnect
 from nereid.server.http.generate import generate
 from nereid.server.http.guard import HttpGuard
+from nereid.server.http.observe import adopt_request_id, begin_trace, echo_headers, trace_setting
 from nereid.server.lifecycle import load_parameters, unload_dependents
+from nereid.server.logs import access_logged
 from nereid.server.model_config import config_to_dict
 from nereid.server.settings import DEFAULT_MAX_INPUT_SIZE
 from nereid.server.validation import parse_ascii_int
@@ -42,6 +45,8 @@ class HttpFrontend:
         self.mounts: dict[str, Handler] = {}
         # Authentication, restricted APIs and rate limits (nereid.server.http.guard), when on.
         self.guard: HttpGuard | None = None
+        # Log each request on ``nereid.access`` (off by default: it costs a wrapper per request).
+        self.access_log = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -50,6 +55,8 @@ class HttpFrontend:
         if scope["type"] != "http":
             return
         request = Request(scope, receive, self.max_input_size)
+        if self.access_log:
+            send = access_logged(request.method, scope["path"], send)
         try:
             if self.guard is not None and not await self.guard.admit(request, scope, send):
                 return
@@ -84,6 +91,9 @@ class HttpFrontend:
                 await self.model_route(request, send, name, version, rest)
             case ["models", name, *rest]:
                 await self.model_route(request, send, name, "", rest)
+            case ["trace", "setting"]:
+                _allow_any(method, ("GET", "POST"))
+                await respond(send, 200, codec.dumps(await trace_setting(self.core, request, "")))
             case ["repository", "index"] | ["repository", _, "index"]:
                 _allow(method, "POST")
                 body = await request.json()
@@ -121,12 +131,16 @@ class HttpFrontend:
             case ["stats"]:
                 _allow(method, "GET")
                 await respond(send, 200, codec.statistics_json(self.core.statistics(name, version)))
+            case ["trace", "setting"]:
+                _allow_any(method, ("GET", "POST"))
+                await respond(send, 200, codec.dumps(await trace_setting(self.core, request, name)))
             case [other, *_] if other in self.mounts:
                 await self.mounts[other](request, send, [name, version, *rest])
             case _:
                 raise HttpError(404, "Not Found")
 
     async def infer(self, request: Request, send: Send, name: str, version: str) -> None:
+        trace = begin_trace(self.core, request, name)
         body = await request.body()
         header = request.headers.get("inference-header-content-length")
         header_length = _header_int(header) if header is not None else None
@@ -134,14 +148,19 @@ class HttpFrontend:
         sticky = self.core.router.sticky_header(name)
         if sticky and sticky in request.headers:
             infer_request.parameters.setdefault(sticky, request.headers[sticky])
+        infer_request.trace = trace
+        if "x-request-id" in request.headers:
+            adopt_request_id(request, infer_request)
         response = await cancel_on_disconnect(request, self.core.infer(infer_request))
         payload, json_length = codec.encode_response(infer_request, response)
+        extra = echo_headers(request, infer_request) if infer_request.id or trace is not None else []
         if json_length is None:
-            await respond(send, 200, payload)
+            await respond(send, 200, payload, [*JSON, *extra] if extra else None)
             return
         headers = [
             (b"content-type", b"application/octet-stream"),
             (b"inference-header-content-length", str(json_length).encode()),
+            *extra,
         ]
         await respond(send, 200, payload, headers)
 
@@ -159,6 +178,11 @@ class HttpFrontend:
         else:
             await self.core.unload_model(name, unload_dependents(params))
         await respond(send, 200, b"")
+
+
+def _allow_any(method: str, allowed: tuple[str, ...]) -> None:
+    if method not in allowed:
+        raise HttpError(405, f"Method {method} is not allowed here; use {' or '.join(allowed)}")
 
 
 def _header_int(value: str) -> int:

@@ -24,6 +24,7 @@ from nereid.server.errors import Cancelled, InvalidArgument, as_serving_error
 from nereid.server.http import codec
 from nereid.server.http.asgi import Request, Send, respond, send_event, start_events
 from nereid.server.http.disconnect import cancel_on_disconnect
+from nereid.server.http.observe import begin_trace
 from nereid.server.parameters import wire_parameters
 from nereid.server.types import InferRequest, InferResponse, Tensor
 
@@ -33,7 +34,9 @@ _RESERVED = ("id", "parameters")
 async def generate(
     core: InferenceCore, request: Request, send: Send, name: str, version: str, stream: bool
 ) -> None:
+    trace = begin_trace(core, request, name)
     infer_request = decode_request(core, await request.json(), name, version, stream)
+    infer_request.trace = trace
     if stream:
         await _generate_stream(core, request, send, infer_request)
         return
