@@ -34,8 +34,6 @@ import subprocess
 import sys
 import threading
 from concurrent.futures import Future
-from multiprocessing.connection import Connection
-from multiprocessing.reduction import send_handle
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +41,7 @@ from nereid.backends.base import InstanceContext, Model
 from nereid.backends.python import pb_utils
 from nereid.backends.python.arena import Arena, bytes_needed, grown_size
 from nereid.backends.python.bls import CoreBls
+from nereid.backends.python.channel import Channel
 from nereid.backends.python.instance import DirectTarget, InstanceSetup, PythonInstance
 from nereid.backends.python.runner import ExecuteError
 from nereid.backends.python.wire import RequestItem, named, unpack_responses
@@ -91,8 +90,8 @@ class StubProcess:
         finally:
             stub_calls.close()
             stub_events.close()
-        self.conn = Connection(calls.detach())
-        self.events = Connection(events.detach())
+        self.conn = Channel(calls)
+        self.events = Channel(events)
         self._reader = threading.Thread(target=self._read, daemon=True, name=f"nereid-stub-{self.proc.pid}")
         self._reader.start()
 
@@ -105,7 +104,7 @@ class StubProcess:
             if not self.conn.poll(timeout):
                 return ("timeout",)
             fence, answer = self.conn.recv()
-        except (EOFError, OSError, ValueError):
+        except (EOFError, OSError):
             return ("dead", self._exit_status())
         if fence > self._handled:
             with self._fence:
@@ -116,8 +115,7 @@ class StubProcess:
         """Give the stub a new ``which`` arena of ``size`` bytes (the old one is dropped)."""
         arena = Arena(size)
         try:
-            self.conn.send(("arena", which, size))
-            send_handle(self.conn, arena.fd, self.proc.pid)
+            self.conn.send(("arena", which, size), (arena.fd,))
         except OSError:
             arena.close()
             return False
@@ -134,6 +132,7 @@ class StubProcess:
         for arena in self.arenas.values():
             arena.close()
         self.arenas.clear()
+        self.conn.close()
 
     def kill(self) -> None:
         if self.proc.poll() is None:
@@ -153,7 +152,7 @@ class StubProcess:
         try:
             with self._lock:
                 self.events.send(message)
-        except (OSError, ValueError):
+        except OSError:
             return False
         return True
 

@@ -16,17 +16,17 @@ import itertools
 import os
 import queue
 import signal
+import socket
 import sys
 import threading
 import traceback
 from collections.abc import Iterator
-from multiprocessing.connection import Connection
-from multiprocessing.reduction import recv_handle
 from pathlib import Path
 from typing import Any
 
 from nereid.backends.python import pb_utils, runtime
 from nereid.backends.python.arena import Arena
+from nereid.backends.python.channel import Channel
 from nereid.backends.python.loader import ModelFileError
 from nereid.backends.python.runner import ExecuteError, UserModel, auto_complete, fail_open_senders
 from nereid.backends.python.wire import RequestItem, output_tensors, pack_responses, unpack_requests
@@ -69,7 +69,7 @@ def portable(response: pb_utils.InferenceResponse) -> pb_utils.InferenceResponse
 class StubHost:
     """The stub's side of both sockets; also the BLS runtime of the model it runs."""
 
-    def __init__(self, calls: Connection, async_conn: Connection) -> None:
+    def __init__(self, calls: Channel, async_conn: Channel) -> None:
         self.conn = calls
         self.async_conn = async_conn
         self.label = "model"
@@ -118,7 +118,7 @@ class StubHost:
                 calls.put(_END if message[0] == "bls_end" else message[2])
 
     def _on_arena(self, which: str, size: int) -> None:
-        arena = Arena(size, recv_handle(self.conn))
+        arena = Arena(size, self.conn.fds.popleft())
         arena.close_fd()  # the mapping keeps the memory
         old = self.arenas.pop(which, None)
         if old is not None:
@@ -236,7 +236,8 @@ def _importable(path: str) -> Path:
 
 def main(argv: list[str]) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server decides when the stub ends
-    StubHost(Connection(int(argv[0])), Connection(int(argv[1]))).serve()
+    calls, events = (socket.socket(fileno=int(fd)) for fd in argv[:2])
+    StubHost(Channel(calls), Channel(events)).serve()
 
 
 if __name__ == "__main__":
