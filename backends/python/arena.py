@@ -15,6 +15,7 @@ checks every offset and size against the arena before it makes a view.
 
 from __future__ import annotations
 
+import math
 import mmap
 import os
 import tempfile
@@ -72,6 +73,7 @@ class Arena:
         self.size = size
         self._map = mmap.mmap(self.fd, size)
         self.view = memoryview(self._map)
+        self._readonly = self.view.toreadonly()  # arrays over it are read-only at no cost
 
     def close_fd(self) -> None:
         """Close the descriptor; the mapping stays valid (the stub holds its own)."""
@@ -82,6 +84,7 @@ class Arena:
     def close(self) -> None:
         self.close_fd()
         try:
+            self._readonly.release()
             self.view.release()
             self._map.close()
         except BufferError:
@@ -108,8 +111,7 @@ class Arena:
                 continue
             nbytes = array.nbytes
             if nbytes:
-                target = np.frombuffer(self.view, array.dtype, array.size, offset).reshape(array.shape)
-                target[...] = array
+                np.ndarray(array.shape, array.dtype, self.view, offset)[...] = array
             headers.append((name, datatype, array.dtype.str, array.shape, offset, nbytes))
             offset += -(-nbytes // ALIGN) * ALIGN
         return headers, needed
@@ -124,19 +126,14 @@ class Arena:
                 raise ArenaError(f"tensor '{name}': inline payload is {type(payload).__name__}, not an array")
             return payload
         dtype = np.dtype(dtype_str)
-        count = 1
-        for dim in shape:
-            count *= dim
-        nbytes = count * dtype.itemsize
-        if count < 0 or nbytes != payload or offset < 0 or offset + nbytes > self.size:
+        nbytes = math.prod(shape) * dtype.itemsize
+        if nbytes != payload or offset < 0 or offset + nbytes > self.size or min(shape, default=0) < 0:
             raise ArenaError(
                 f"tensor '{name}': {payload} bytes at offset {offset} for shape {list(shape)} "
                 f"{dtype} do not fit the {self.size}-byte arena"
             )
         if not nbytes:
             return np.empty(shape, dtype)
-        view = np.frombuffer(self.view, dtype, count, offset).reshape(shape)
         if copy:
-            return view.copy()
-        view.flags.writeable = False
-        return view
+            return np.ndarray(shape, dtype, self.view, offset).copy()
+        return np.ndarray(shape, dtype, self._readonly, offset)
