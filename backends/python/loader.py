@@ -19,6 +19,7 @@ import importlib.util
 import itertools
 import re
 import sys
+import threading
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,6 +31,7 @@ from nereid.backends.python import pb_utils
 PB_UTILS_NAME = "triton_python_backend_utils"
 MODEL_CLASS = "TritonPythonModel"
 _counter = itertools.count(1)
+_scoped_imports = threading.RLock()
 
 
 class ModelFileError(Exception):
@@ -74,17 +76,18 @@ def _folder_importable(folder: Path, keep: str) -> Iterator[None]:
     if entry in sys.path:
         yield
         return
-    before = set(sys.modules)
-    sys.path.insert(0, entry)
-    try:
-        yield
-    finally:
-        with contextlib.suppress(ValueError):
-            sys.path.remove(entry)
-        for added in set(sys.modules) - before - {keep}:
-            origin = getattr(sys.modules[added], "__file__", None)
-            if origin and Path(origin).is_relative_to(folder):
-                del sys.modules[added]  # the model module keeps its own reference
+    with _scoped_imports:  # models load in parallel: one model folder on the path at a time
+        before = set(sys.modules)
+        sys.path.insert(0, entry)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(ValueError):
+                sys.path.remove(entry)
+            for added in set(sys.modules) - before - {keep}:
+                origin = getattr(sys.modules[added], "__file__", None)
+                if origin and Path(origin).is_relative_to(folder):
+                    del sys.modules[added]  # the model module keeps its own reference
 
 
 def model_class(module: ModuleType, path: Path) -> type:
