@@ -53,8 +53,8 @@ def pack_responses(
     headers, needed = arena.pack(tensors)
     items: list[ResponseItem] = []
     start = 0
-    for error, parameters, count in plan:
-        items.append((error, parameters, headers[start : start + count]))
+    for failure, parameters, count in plan:
+        items.append((failure, parameters, headers[start : start + count]))
         start += count
     return items, needed
 
