@@ -129,6 +129,10 @@ def test_no_shared_memory_is_left_after_a_crash_or_an_unload(py_repo, start_serv
         running.call(running.core.infer(crash))
     with pytest.raises(Exception, match="exit code 9"):  # the restarted stub, and its arenas
         running.call(running.core.infer(crash))
+    deadline = time.monotonic() + 10  # the next restart runs in the background
+    while _arena_mappings() != loaded and time.monotonic() < deadline:
+        assert _arena_mappings() <= loaded  # the dead stubs' arenas are gone
+        time.sleep(0.05)
     assert _arena_mappings() == loaded
 
     for model in ("echo", "crash"):
