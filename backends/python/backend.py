@@ -5,25 +5,26 @@ A model file defines ``TritonPythonModel`` with ``execute(requests)`` and option
 Nereid's own :mod:`~nereid.backends.python.pb_utils` as ``triton_python_backend_utils``.
 
 Containment of a misbehaving model
-    In-process (default, ``NEREID_ISOLATION`` unset or ``"none"``): each instance is a
-    separate import of the file, run on the instance's scheduler thread. An exception in
-    ``execute`` -- including ``SystemExit`` -- fails that call's requests with an error naming
-    the model, instance and cause, and the instance keeps serving. A contract break (wrong
-    number of responses, a non-response, an output whose datatype or shape disagrees with the
-    config) fails the affected requests the same way. With
-    ``NEREID_EXECUTE_TIMEOUT_SECONDS`` set, a call that runs longer fails its requests on time;
-    the call cannot be interrupted, so the instance answers UNAVAILABLE until it returns. A
-    crash of the interpreter (``os._exit``, a segfault in native code) takes the server down:
-    in-process offers no protection against that.
+    Stub process (the default, as in Triton; ``NEREID_ISOLATION`` unset or ``"process"``):
+    each instance runs in its own stub process (``python -m nereid.backends.python.stub``);
+    ``auto_complete_config`` also runs in a short-lived stub. When the stub dies (``os._exit``,
+    a segfault) the server logs the model, instance and exit code or signal, the in-flight
+    requests (and open decoupled streams) fail with it, and the instance restarts in the
+    background (``initialize`` runs again); with ``NEREID_EXECUTE_TIMEOUT_SECONDS`` set a hung
+    stub is killed and restarted. Tensor bytes cross in shared memory (see ``isolation``); BLS
+    calls and ``is_cancelled()`` are forwarded to the server; the model loading API is not
+    available there.
 
-    Process (``parameters { key: "NEREID_ISOLATION" value: { string_value: "process" } }``):
-    each instance runs in its own stub process (``python -m nereid.backends.python.stub``),
-    as in Triton; ``auto_complete_config`` also runs in a short-lived stub. When the stub dies
-    the in-flight requests (and open decoupled streams) fail with the exit code or signal, and
-    the instance restarts in the background (``initialize`` runs again); with the timeout set
-    a hung stub is killed and restarted. Tensors are pickled over a socket, so each call costs
-    a copy; BLS calls are forwarded to the server. ``is_cancelled()`` is always False there,
-    and the model loading API is not available.
+    In-process (the opt-in for speed,
+    ``parameters { key: "NEREID_ISOLATION" value: { string_value: "none" } }``): each instance
+    is a separate import of the file, run on the instance's scheduler thread. An exception in
+    ``execute`` -- including ``SystemExit`` -- fails that call's requests with an error naming
+    the model, instance and cause, and the instance keeps serving, as in a stub. A contract
+    break (wrong number of responses, a non-response, an output whose datatype or shape
+    disagrees with the config) fails the affected requests the same way in both modes. With the
+    timeout set, a call that runs longer fails its requests on time; the call cannot be
+    interrupted, so the instance answers UNAVAILABLE until it returns. A crash of the
+    interpreter takes the whole server down: choose it only for trusted, pure-Python models.
 
 Both parameters are read from the model config's ``parameters``.
 """

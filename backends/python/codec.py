@@ -8,6 +8,7 @@ the config fails that response with a message naming the model and the output.
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import numpy as np
 
@@ -41,8 +42,7 @@ class Codec:
 
     def pb_request(self, request: InferRequest) -> pb_utils.InferenceRequest:
         inputs = [pb_utils.Tensor(t.name, t.data, t.datatype) for t in request.inputs]
-        requested = [o.name for o in request.outputs] or list(self.outputs)
-        correlation = request.parameters.get("sequence_id", 0)
+        requested, correlation, parameters = self.request_fields(request)
         return pb_utils.InferenceRequest(
             self.name,
             requested,
@@ -50,8 +50,14 @@ class Codec:
             request_id=request.id,
             correlation_id=correlation,
             model_version=self.version,
-            parameters=json.dumps(request.parameters) if request.parameters else "{}",
+            parameters=parameters,
         )
+
+    def request_fields(self, request: InferRequest) -> tuple[list[str], Any, str]:
+        """``(requested output names, correlation id, parameters JSON)`` as ``execute`` sees them."""
+        requested = [o.name for o in request.outputs] or list(self.outputs)
+        correlation = request.parameters.get("sequence_id", 0)
+        return requested, correlation, json.dumps(request.parameters) if request.parameters else "{}"
 
     def response(self, response: pb_utils.InferenceResponse, request: InferRequest) -> InferResponse:
         """The Nereid response for one of the model's responses to ``request``."""

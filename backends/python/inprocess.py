@@ -49,7 +49,7 @@ class InProcessInstance(PythonInstance):
             if not self._stuck.done():
                 raise Unavailable(
                     f"{self.label} is still running an execute() that exceeded {timeout} s; an in-process model "
-                    f"cannot be interrupted (set {ISOLATION_KEY} to 'process' to have it killed and restarted)"
+                    f"cannot be interrupted (leave {ISOLATION_KEY} unset, for a stub process that is killed and restarted)"
                 )
             self._stuck = None
         if not timeout:

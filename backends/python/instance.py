@@ -29,13 +29,15 @@ TIMEOUT_KEY = "NEREID_EXECUTE_TIMEOUT_SECONDS"
 class Isolation:
     """How an instance is contained; see the backend's module docstring."""
 
-    process: bool = False
+    process: bool = True  # False: in-process, the per-model opt-in for speed
     timeout_s: float = 0.0  # 0: no limit
 
     @classmethod
     def from_config(cls, config: mc.ModelConfig) -> Isolation:
         where = f"model '{config.name}': parameter"
-        mode = config.parameters[ISOLATION_KEY].string_value if ISOLATION_KEY in config.parameters else "none"
+        mode = (
+            config.parameters[ISOLATION_KEY].string_value if ISOLATION_KEY in config.parameters else "process"
+        )
         if mode not in ("none", "process"):
             raise ConfigError(f"{where} {ISOLATION_KEY} must be 'none' or 'process', got '{mode}'")
         raw = config.parameters[TIMEOUT_KEY].string_value if TIMEOUT_KEY in config.parameters else "0"

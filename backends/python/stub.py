@@ -1,34 +1,35 @@
-"""The stub process of an isolated Python model: ``python -m nereid.backends.python.stub FD``.
+"""The stub process of a Python model: ``python -m nereid.backends.python.stub CALL_FD ASYNC_FD``.
 
-Runs one instance of a model file and answers the server over the socket ``FD`` (protocol in
-:mod:`nereid.backends.python.isolation`). Commands run one at a time on the main thread; a
-reader thread receives them, plus BLS results, and exits the process when the server goes
-away. Imports nothing of the server.
+Runs one instance of a model file and answers the server (protocol in
+:mod:`nereid.backends.python.isolation`). The main thread reads commands from the call socket
+and runs them one at a time, answering on the same socket; a reader thread takes BLS results
+and cancellation answers from the async socket, which model threads also use to send decoupled
+responses. Either socket closing means the server is gone, and the stub exits. The model's
+version folder is put on ``sys.path``, so ``model.py`` can import the modules beside it.
+Imports nothing of the server.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import queue
 import signal
+import socket
 import sys
 import threading
 import traceback
 from collections.abc import Iterator
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
 from nereid.backends.python import pb_utils, runtime
+from nereid.backends.python.arena import Arena
+from nereid.backends.python.channel import Channel
 from nereid.backends.python.loader import ModelFileError
-from nereid.backends.python.runner import (
-    ExecuteError,
-    UserModel,
-    auto_complete,
-    bytes_array,
-    fail_open_senders,
-)
+from nereid.backends.python.runner import ExecuteError, UserModel, auto_complete, fail_open_senders
+from nereid.backends.python.wire import RequestItem, output_tensors, pack_responses, unpack_requests
 
 _END = object()
 
@@ -41,134 +42,164 @@ class StubTarget:
         self.key = key
 
     def send(self, response: pb_utils.InferenceResponse | None, final: bool) -> None:
-        self.host.send(("send", self.key, None if response is None else portable(response), final))
+        self.host.send_async(("send", self.key, None if response is None else portable(response), final))
 
     def cancelled(self) -> bool:
-        return False
+        return self.host.cancelled(self.key)
 
     def abandon(self) -> None:
         error = pb_utils.TritonError(
             f"{self.host.label} released a request without sending a response flagged "
             "TRITONSERVER_RESPONSE_COMPLETE_FINAL"
         )
-        self.host.send(("send", self.key, pb_utils.InferenceResponse(error=error), True))
+        self.host.send_async(("send", self.key, pb_utils.InferenceResponse(error=error), True))
 
 
 def portable(response: pb_utils.InferenceResponse) -> pb_utils.InferenceResponse:
     """A response the server can unpickle: plain tensors, BYTES as bytes objects."""
     if response.has_error():
         return pb_utils.InferenceResponse(error=response.error())
-    tensors = []
-    for tensor in response.output_tensors():
-        if not isinstance(tensor, pb_utils.Tensor):
-            error = pb_utils.TritonError(
-                f"returned {type(tensor).__name__} in output_tensors; expected pb_utils.Tensor"
-            )
-            return pb_utils.InferenceResponse(error=error)
-        array = tensor.as_numpy()
-        if array.dtype.kind in "OU":
-            tensor = pb_utils.Tensor(tensor.name(), bytes_array(array))
-        tensors.append(tensor)
+    found = output_tensors(response)
+    if isinstance(found, pb_utils.TritonError):
+        return pb_utils.InferenceResponse(error=found)
+    tensors = [pb_utils.Tensor(name, array, datatype) for name, datatype, array in found]
     return pb_utils.InferenceResponse(tensors, parameters=response.parameters())
 
 
 class StubHost:
-    """The stub's side of the connection; also the BLS runtime of the model it runs."""
+    """The stub's side of both sockets; also the BLS runtime of the model it runs."""
 
-    def __init__(self, conn: Connection) -> None:
-        self.conn = conn
+    def __init__(self, calls: Channel, async_conn: Channel) -> None:
+        self.conn = calls
+        self.async_conn = async_conn
         self.label = "model"
         self.user: UserModel | None = None
         self.decoupled = False
+        self.model_name = ""
+        self.version = -1
+        self.arenas: dict[str, Arena] = {}
+        self.async_sent = 0  # messages sent on the async socket, so a reply can say what came before it
         self._lock = threading.Lock()
-        self._commands: queue.Queue[tuple[Any, ...]] = queue.Queue()
         self._calls: dict[int, queue.Queue[object]] = {}
         self._call_ids = itertools.count()
 
-    def send(self, message: tuple[Any, ...]) -> None:
+    def reply(self, message: tuple[Any, ...]) -> None:
+        self.conn.send((self.async_sent, message))
+
+    def send_async(self, message: tuple[Any, ...]) -> None:
         with self._lock:
-            self.conn.send(message)
+            self.async_conn.send(message)
+            self.async_sent += 1
 
     def serve(self) -> None:
-        threading.Thread(target=self._read, daemon=True, name="stub-reader").start()
+        threading.Thread(target=self._read_async, daemon=True, name="stub-reader").start()
         runtime.set_default(self)
-        while True:
-            message = self._commands.get()
-            try:
-                getattr(self, f"_on_{message[0]}")(*message[1:])
-            except Exception as exc:
-                traceback.print_exc()
-                self.send(("result", None, f"{self.label}: internal stub error: {type(exc).__name__}: {exc}"))
-
-    def _read(self) -> None:
         while True:
             try:
                 message = self.conn.recv()
             except (EOFError, OSError):
                 os._exit(0)  # the server is gone
-            if message[0] in ("bls_item", "bls_end"):
-                calls = self._calls.get(message[1])
-                if calls is not None:
-                    calls.put(message[2] if message[0] == "bls_item" else _END)
-            else:
-                self._commands.put(message)
+            try:
+                getattr(self, f"_on_{message[0]}")(*message[1:])
+            except Exception as exc:
+                traceback.print_exc()
+                self.reply(
+                    ("result", None, f"{self.label}: internal stub error: {type(exc).__name__}: {exc}", 0)
+                )
+
+    def _read_async(self) -> None:
+        while True:
+            try:
+                message = self.async_conn.recv()
+            except (EOFError, OSError):
+                os._exit(0)
+            calls = self._calls.get(message[1])
+            if calls is not None:
+                calls.put(_END if message[0] == "bls_end" else message[2])
+
+    def _on_arena(self, which: str, size: int) -> None:
+        arena = Arena(size, self.conn.fds.popleft())
+        arena.close_fd()  # the mapping keeps the memory
+        old = self.arenas.pop(which, None)
+        if old is not None:
+            old.close()
+        self.arenas[which] = arena
 
     def _on_init(self, spec: dict[str, Any]) -> None:
         self.label = spec["label"]
         self.decoupled = spec["decoupled"]
+        self.model_name, self.version = spec["model_name"], spec["version"]
         try:
-            self.user = UserModel(Path(spec["path"]), spec["module_name"])
+            self.user = UserModel(_importable(spec["path"]), spec["module_name"])
             self.user.initialize(spec["args"])
         except (ModelFileError, ExecuteError) as exc:
-            self.send(("init_error", str(exc)))
+            self.reply(("init_error", str(exc)))
             return
-        self.send(("ready",))
+        self.reply(("ready",))
 
-    def _on_execute(self, items: list[tuple[int, pb_utils.InferenceRequest]]) -> None:
+    def _on_execute(self, items: list[RequestItem]) -> None:
         assert self.user is not None
-        requests = []
-        for key, request in items:
+        # A decoupled model's threads keep inputs past execute(), so they get copies; the others
+        # get read-only views that stay valid until the next call reuses the arena.
+        requests = unpack_requests(
+            items, self.arenas["request"], self.model_name, self.version, self.decoupled
+        )
+        for item, request in zip(items, requests, strict=True):
+            key = item[0]
+            request._is_cancelled = functools.partial(self.cancelled, key)
             if self.decoupled:
                 request._sender = pb_utils.InferenceResponseSender(StubTarget(self, key))
-            requests.append(request)
         try:
             responses = self.user.execute(requests, self.decoupled)
         except ExecuteError as exc:
             message = f"Failed to process the request(s) for {self.label}, message: {exc}"
             fail_open_senders(requests, message)
-            self.send(("result", None, message))
+            self.reply(("result", None, message, 0))
             return
-        payload = None if responses is None else [portable(r) for r in responses]
+        if responses is None:
+            self.reply(("result", None, None, 0))
+            return
+        packed, needed = pack_responses(responses, self.arenas["response"])
         try:
-            self.send(("result", payload, None))
+            self.reply(("result", packed, None, needed))
         except Exception as exc:
-            self.send(("result", None, f"{self.label}: could not pass the responses to the server: {exc}"))
+            message = f"{self.label}: could not pass the responses to the server: {exc}"
+            self.reply(("result", None, message, 0))
 
     def _on_finalize(self) -> None:
         problem = self.user.finalize() if self.user is not None else None
-        self.send(("finalized", problem))
+        self.reply(("finalized", problem))
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(0)
 
     def _on_auto_complete(self, path: str, module_name: str, config: dict[str, Any]) -> None:
         try:
-            self.send(("config", auto_complete(Path(path), module_name, config), None))
+            self.reply(("config", auto_complete(_importable(path), module_name, config), None))
         except (ModelFileError, ExecuteError) as exc:
-            self.send(("config", None, str(exc)))
+            self.reply(("config", None, str(exc)))
 
-    def _on_exit(self) -> None:
-        os._exit(0)
+    # ---- calls to the server ---------------------------------------------------------------
 
-    # ---- BLS runtime -----------------------------------------------------------------------
+    def _ask(self, message: tuple[Any, ...]) -> tuple[int, queue.Queue[object]]:
+        call = next(self._call_ids)
+        results: queue.Queue[object] = queue.Queue()
+        self._calls[call] = results
+        self.send_async((message[0], call, *message[1:]))
+        return call, results
+
+    def cancelled(self, key: int) -> bool:
+        """Whether the client gave up on request ``key`` (one round trip, as in Triton)."""
+        call, results = self._ask(("cancelled", key))
+        try:
+            return bool(results.get())
+        finally:
+            self._calls.pop(call, None)
 
     def run(
         self, request: pb_utils.InferenceRequest, decoupled: bool
     ) -> Iterator[pb_utils.InferenceResponse]:
-        call = next(self._call_ids)
-        results: queue.Queue[object] = queue.Queue()
-        self._calls[call] = results
-        self.send(("bls", call, request, decoupled))
+        call, results = self._ask(("bls", request, decoupled))
         return self._drain(call, results, decoupled)
 
     def _drain(
@@ -195,9 +226,18 @@ class StubHost:
         raise pb_utils.TritonModelException("the model loading API is not available under process isolation")
 
 
+def _importable(path: str) -> Path:
+    """``path``, with its folder first on ``sys.path`` so that the modules beside it import (as in Triton)."""
+    folder = str(Path(path).parent)
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    return Path(path)
+
+
 def main(argv: list[str]) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server decides when the stub ends
-    StubHost(Connection(int(argv[0]))).serve()
+    calls, events = (socket.socket(fileno=int(fd)) for fd in argv[:2])
+    StubHost(Channel(calls), Channel(events)).serve()
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 import numpy as np
@@ -96,6 +97,24 @@ def test_crashes_and_hangs_fail_in_flight_requests_and_the_instance_restarts(py_
     for tensor in inputs:
         tensor.set_data_from_numpy(np.ones(4, np.float32))
     assert client.infer("add_sub", inputs).as_numpy("OUTPUT0").tolist() == [2, 2, 2, 2]
+
+
+def test_a_crash_in_the_default_mode_is_logged_and_the_server_keeps_serving(py_repo, start_server, caplog):
+    """No isolation parameter at all: the stub process is the default, as in Triton."""
+    py_repo.model("fragile", FRAGILE_CONFIG.replace(PROCESS, "").replace(TIMEOUT, ""), FRAGILE_MODEL)
+    running = start_server(py_repo.root)
+    client = httpclient.InferenceServerClient(running.http_url)
+    pid = _mode(client, 0)
+    assert pid != os.getpid()
+    with caplog.at_level(logging.ERROR, logger="nereid.backends.python.isolation"):
+        assert "killed by signal SIGSEGV" in _failure(client, 2)
+        assert _mode(client, 0) not in (pid, os.getpid())
+        assert "(exit code 3)" in _failure(client, 1)
+        assert client.is_server_live() and _mode(client, 0) > 0
+    crashes = [r.getMessage() for r in caplog.records if "crashed" in r.getMessage()]
+    assert len(crashes) == 2, crashes
+    for message, cause in zip(crashes, ("killed by signal SIGSEGV", "exit code 3"), strict=True):
+        assert "model 'fragile' instance 'fragile_0_0'" in message and cause in message, message
 
 
 def test_isolated_models_keep_the_api(py_repo, start_server):

@@ -1,6 +1,7 @@
 """Broken model files fail their own load or requests, with the model and the cause named.
 
-Everything here runs in-process (the default); process isolation is in test_isolation.py.
+Each case runs in both modes: in-process (the opt-in) and in a stub process (the default); what
+only a stub process survives (crashes, hangs) is in test_isolation.py.
 """
 
 from __future__ import annotations
@@ -40,7 +41,26 @@ class TritonPythonModel:
 """
 
 
-def _model(py_repo, name: str, body: str = "y = x", extra: str = "", source: str | None = None) -> None:
+IN_PROCESS = 'parameters { key: "NEREID_ISOLATION" value: { string_value: "none" } }'
+STUB = 'parameters { key: "NEREID_ISOLATION" value: { string_value: "process" } }'
+
+
+@pytest.fixture(params=["in_process", "stub"])
+def mode(request) -> str:
+    """The isolation parameter of each model a test writes."""
+    return IN_PROCESS if request.param == "in_process" else STUB
+
+
+def _model(
+    py_repo,
+    name: str,
+    body: str = "y = x",
+    extra: str = "",
+    source: str | None = None,
+    mode: str = IN_PROCESS,
+) -> None:
+    if "NEREID_ISOLATION" not in extra:
+        extra = f"{extra}\n{mode}"
     py_repo.model(name, CONFIG.replace("{extra}", extra), source or MODEL.replace("{body}", body))
 
 
@@ -58,12 +78,20 @@ def _error(
     return caught.value
 
 
-def test_broken_model_files_fail_their_own_load(py_repo, start_server):
-    py_repo.add_sub()
+def test_broken_model_files_fail_their_own_load(py_repo, start_server, mode):
+    py_repo.add_sub(extra=mode)
     _model(
-        py_repo, "syntax_error", source="import triton_python_backend_utils as pb_utils\ndef execute(self:\n"
+        py_repo,
+        "syntax_error",
+        source="import triton_python_backend_utils as pb_utils\ndef execute(self:\n",
+        mode=mode,
     )
-    _model(py_repo, "no_class", source="class Model:\n    def execute(self, requests):\n        return []\n")
+    _model(
+        py_repo,
+        "no_class",
+        source="class Model:\n    def execute(self, requests):\n        return []\n",
+        mode=mode,
+    )
     _model(
         py_repo,
         "init_raises",
@@ -77,8 +105,9 @@ def test_broken_model_files_fail_their_own_load(py_repo, start_server):
             def execute(self, requests):
                 return []
     """,
+        mode=mode,
     )
-    _model(py_repo, "import_raises", source="import not_a_module_anywhere\n")
+    _model(py_repo, "import_raises", source="import not_a_module_anywhere\n", mode=mode)
     _model(
         py_repo,
         "auto_complete_raises",
@@ -92,9 +121,13 @@ def test_broken_model_files_fail_their_own_load(py_repo, start_server):
             def execute(self, requests):
                 return []
     """,
+        mode=mode,
     )
     _model(
-        py_repo, "bad_isolation", extra='parameters { key: "NEREID_ISOLATION" value: { string_value: "vm" } }'
+        py_repo,
+        "bad_isolation",
+        extra='parameters { key: "NEREID_ISOLATION" value: { string_value: "vm" } }',
+        mode=mode,
     )
     running = start_server(py_repo.root, exit_on_error=False)
     client = httpclient.InferenceServerClient(running.http_url)
@@ -121,26 +154,29 @@ def test_broken_model_files_fail_their_own_load(py_repo, start_server):
     np.testing.assert_array_equal(client.infer("add_sub", inputs).as_numpy("OUTPUT0"), a + a)
 
 
-def test_bad_responses_fail_the_request_and_name_the_cause(py_repo, start_server):
+def test_bad_responses_fail_the_request_and_name_the_cause(py_repo, start_server, mode):
     _model(
         py_repo,
         "wrong_count",
         source=MODEL.replace("        return responses", "        return responses[1:]").replace(
             "{body}", "y = x"
         ),
+        mode=mode,
     )
     _model(
         py_repo,
         "returns_none",
         source=MODEL.replace("        return responses", "        return None").replace("{body}", "y = x"),
+        mode=mode,
     )
-    _model(py_repo, "wrong_dtype", "y = x.astype(np.float64)")
-    _model(py_repo, "wrong_shape", "y = x[:3]")
+    _model(py_repo, "wrong_dtype", "y = x.astype(np.float64)", mode=mode)
+    _model(py_repo, "wrong_shape", "y = x[:3]", mode=mode)
     _model(
         py_repo,
         "undeclared",
         "y = x\n            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor('Z', x)]))\n"
         "            continue",
+        mode=mode,
     )
     _model(
         py_repo,
@@ -150,6 +186,7 @@ def test_bad_responses_fail_the_request_and_name_the_cause(py_repo, start_server
             "responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError('X must be positive', "
             "pb_utils.TritonError.INVALID_ARG)))",
         ).replace("{body}", "pass"),
+        mode=mode,
     )
     running = start_server(py_repo.root)
     client = httpclient.InferenceServerClient(running.http_url)
@@ -169,13 +206,14 @@ def test_bad_responses_fail_the_request_and_name_the_cause(py_repo, start_server
     assert error.message() == "X must be positive" and error.status() == "400"
 
 
-def test_exceptions_in_execute_fail_requests_and_the_instance_keeps_serving(py_repo, start_server):
-    _model(py_repo, "raises", "y = x if x[0] >= 0 else x / {}['boom']")
-    _model(py_repo, "exits", "y = x\n            if x[0] < 0:\n                sys.exit(3)")
+def test_exceptions_in_execute_fail_requests_and_the_instance_keeps_serving(py_repo, start_server, mode):
+    _model(py_repo, "raises", "y = x if x[0] >= 0 else x / {}['boom']", mode=mode)
+    _model(py_repo, "exits", "y = x\n            if x[0] < 0:\n                sys.exit(3)", mode=mode)
     _model(
         py_repo,
         "typed",
         "y = x\n            if x[0] < 0:\n                raise pb_utils.TritonModelException('negative input')",
+        mode=mode,
     )
     running = start_server(py_repo.root)
     client = httpclient.InferenceServerClient(running.http_url)
@@ -207,7 +245,7 @@ def test_in_process_timeout_fails_requests_while_the_call_runs_on(py_repo, start
     np.testing.assert_array_equal(_infer(client, "slow", 0.0), np.zeros(4, np.float32))
 
 
-def test_decoupled_execute_raising_ends_the_stream_with_the_error(py_repo, start_server):
+def test_decoupled_execute_raising_ends_the_stream_with_the_error(py_repo, start_server, mode):
     py_repo.model(
         "stream_raises",
         """
@@ -215,7 +253,8 @@ def test_decoupled_execute_raising_ends_the_stream_with_the_error(py_repo, start
         model_transaction_policy { decoupled: true }
         input [{ name: "X" data_type: TYPE_FP32 dims: [ 4 ] }]
         output [{ name: "Y" data_type: TYPE_FP32 dims: [ 4 ] }]
-    """,
+    """
+        + mode,
         """
         import triton_python_backend_utils as pb_utils
 

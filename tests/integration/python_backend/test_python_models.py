@@ -14,6 +14,7 @@ from tritonclient.utils import InferenceServerException
 from nereid.server.types import InferRequest, Tensor
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "model_repository"
+IN_PROCESS = 'parameters { key: "NEREID_ISOLATION" value: { string_value: "none" } }'
 
 
 def _add_sub_inputs(
@@ -137,8 +138,8 @@ def test_decoupled_model_that_drops_its_sender_fails_instead_of_hanging(py_repo,
 
 def test_bls_calls_another_model_in_process(py_repo, start_server):
     py_repo.add_sub()
-    py_repo.bls()
-    py_repo.async_bls()
+    py_repo.bls(extra=IN_PROCESS)
+    py_repo.async_bls(extra=IN_PROCESS)
     running = start_server(py_repo.root)
     client = httpclient.InferenceServerClient(running.http_url)
     a, b = np.linspace(0, 1, 4, dtype=np.float32), np.ones(4, dtype=np.float32)

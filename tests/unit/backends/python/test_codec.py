@@ -145,7 +145,9 @@ def test_model_config_dict_is_triton_json():
 
 
 def test_isolation_parameters():
-    assert Isolation.from_config(_config()) == Isolation(False, 0.0)
+    assert Isolation.from_config(_config()) == Isolation(True, 0.0)  # a stub process by default, as in Triton
+    in_process = CONFIG + 'parameters { key: "NEREID_ISOLATION" value: { string_value: "none" } }'
+    assert Isolation.from_config(_config(in_process)) == Isolation(False, 0.0)
     text = (
         CONFIG
         + """

@@ -21,6 +21,7 @@ max_batch_size: 4
 input [{ name: "X" data_type: TYPE_FP32 dims: [ 2 ] }]
 output [{ name: "Y" data_type: TYPE_FP32 dims: [ 2 ] }]
 """
+IN_PROCESS = 'parameters { key: "NEREID_ISOLATION" value: { string_value: "none" } }'
 
 MODEL = """
 import json
@@ -40,11 +41,11 @@ class TritonPythonModel:
 """
 
 
-def _context(tmp_path: Path) -> ModelContext:
+def _context(tmp_path: Path, extra: str = "") -> ModelContext:
     version = tmp_path / "double" / "1"
     version.mkdir(parents=True)
     (version / "model.py").write_text(MODEL)
-    config = text_format.Parse(CONFIG, mc.ModelConfig())
+    config = text_format.Parse(CONFIG + extra, mc.ModelConfig())
     config.default_model_filename = "model.py"
     return ModelContext("double", 1, config, tmp_path / "double", version)
 
@@ -64,7 +65,7 @@ def test_args_are_tritons_keys_as_strings(tmp_path: Path):
 
 
 def test_an_in_process_instance_runs_the_model_and_converts_its_responses(tmp_path: Path):
-    model = PythonBackend().load_model(_context(tmp_path))
+    model = PythonBackend().load_model(_context(tmp_path, IN_PROCESS))
     instance = model.create_instance(InstanceContext("double", 0, "KIND_CPU"))
     assert isinstance(instance, InProcessInstance)
     request = InferRequest("double", [Tensor("X", "FP32", (1, 2), np.array([[1, 2]], np.float32))], id="r")
