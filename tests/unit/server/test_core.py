@@ -76,9 +76,9 @@ def test_admission_validates_and_reads_priority_and_timeout(
     bad = InferRequest("ident", [Tensor("INPUT0", "INT32", (1, 2), np.zeros((1, 2), np.int32))])
     with pytest.raises(InvalidArgument, match="data-type is 'INT32'"):
         loop_thread.run(core.infer(bad))
-    request = fp32_request("ident", 1, parameters={"priority": 3, "timeout": 5000})
+    request = fp32_request("ident", 1, parameters={"priority": 3, "timeout": 60_000_000})
     loop_thread.run(core.infer(request))
-    assert (request.priority, request.timeout_us) == (3, 5000)
+    assert (request.priority, request.timeout_us) == (3, 60_000_000)
     with pytest.raises(InvalidArgument):
         loop_thread.run(core.infer(fp32_request("ident", 1, parameters={"priority": "high"})))
 
