@@ -23,6 +23,7 @@ from nereid.server.errors import (
 from nereid.server.model_version import ModelVersion
 from nereid.server.repository import ModelRepository
 from nereid.server.responses import ResponseStream, UnaryResponse
+from nereid.server.sequence_flags import sequence_flags
 from nereid.server.stats import ModelStatistics
 from nereid.server.types import InferRequest, InferResponse, ResponseSender
 from nereid.server.validation import int_parameter
@@ -36,6 +37,7 @@ EXTENSIONS = (
     "model_repository",
     "parameters",
     "schedule_policy",
+    "sequence",
     "statistics",
 )
 MAX_TIMEOUT_US = 86_400 * 1_000_000  # a day
@@ -175,6 +177,7 @@ class InferenceCore:
         if params:
             request.priority = int_parameter(params, "priority", 0, 2**31) or 0
             request.timeout_us = int_parameter(params, "timeout", 0, MAX_TIMEOUT_US) or 0
+            request.sequence = sequence_flags(params) or request.sequence
         request.sender = sender
         try:
             model.scheduler.enqueue(request)

@@ -87,4 +87,3 @@ class DynamicBatcher:
         deliver([(request, self.runner.response(request, error)) for request in self.queue.drain()])
         for thread in self._threads:
             await asyncio.to_thread(thread.join)
-

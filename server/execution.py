@@ -31,7 +31,12 @@ class InstanceRunner:
     """Runs batches of one model version on its instances (thread-safe: no mutable state)."""
 
     def __init__(
-        self, name: str, version: str, config: mc.ModelConfig, outputs: dict[str, TensorSpec], stats: ModelStats
+        self,
+        name: str,
+        version: str,
+        config: mc.ModelConfig,
+        outputs: dict[str, TensorSpec],
+        stats: ModelStats,
     ) -> None:
         self.name = name
         self.version = version

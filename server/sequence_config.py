@@ -272,5 +272,7 @@ def _backlog_limit(config: mc.ModelConfig, origin: str) -> int:
     except ValueError:
         value = -1
     if value < 0:
-        raise ConfigError(f"{origin}: parameter '{BACKLOG_PARAMETER}' must be a non-negative integer, got {text!r}")
+        raise ConfigError(
+            f"{origin}: parameter '{BACKLOG_PARAMETER}' must be a non-negative integer, got {text!r}"
+        )
     return value

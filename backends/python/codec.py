@@ -18,6 +18,7 @@ from nereid.server.datatypes import numpy_to_api
 from nereid.server.errors import ErrorCode, InternalError, ServingError
 from nereid.server.model_config import TensorSpec, output_specs
 from nereid.server.parameters import wire_parameters
+from nereid.server.sequence_config import state_outputs
 from nereid.server.types import InferRequest, InferResponse, RequestedOutput, Tensor
 
 
@@ -37,18 +38,28 @@ class Codec:
         self.name = name
         self.version = version
         self.outputs: dict[str, TensorSpec] = {spec.name: spec for spec in output_specs(config)}
+        # Implicit state outputs always go back to the sequence batcher, which keeps them.
+        self.states = {spec.name for spec in state_outputs(config)}
+        for spec in state_outputs(config):
+            self.outputs.setdefault(spec.name, spec)
         self.max_batch_size = config.max_batch_size
 
     def pb_request(self, request: InferRequest) -> pb_utils.InferenceRequest:
         inputs = [pb_utils.Tensor(t.name, t.data, t.datatype) for t in request.inputs]
         requested = [o.name for o in request.outputs] or list(self.outputs)
-        correlation = request.parameters.get("sequence_id", 0)
+        sequence = request.sequence
+        flags = 0
+        if sequence is not None:
+            flags = (pb_utils.TRITONSERVER_REQUEST_FLAG_SEQUENCE_START if sequence.start else 0) | (
+                pb_utils.TRITONSERVER_REQUEST_FLAG_SEQUENCE_END if sequence.end else 0
+            )
         return pb_utils.InferenceRequest(
             self.name,
             requested,
             inputs,
             request_id=request.id,
-            correlation_id=correlation,
+            correlation_id=sequence.correlation_id if sequence is not None else 0,
+            flags=flags,
             model_version=self.version,
             parameters=json.dumps(request.parameters) if request.parameters else "{}",
         )
@@ -74,7 +85,7 @@ class Codec:
             if isinstance(converted, str):
                 out.error = InternalError(f"model '{self.name}' output '{tensor.name()}': {converted}")
                 break
-            if not wanted or converted.name in wanted:
+            if not wanted or converted.name in wanted or converted.name in self.states:
                 out.outputs.append(converted)
         if out.error is not None:
             out.outputs = []
@@ -126,6 +137,12 @@ def infer_request(request: pb_utils.InferenceRequest) -> InferRequest:
     parameters = json.loads(request.parameters())
     if request.timeout():
         parameters["timeout"] = request.timeout()
+    if request.correlation_id():  # a BLS call that continues a sequence of the called model
+        parameters["sequence_id"] = request.correlation_id()
+        parameters["sequence_start"] = bool(
+            request.flags() & pb_utils.TRITONSERVER_REQUEST_FLAG_SEQUENCE_START
+        )
+        parameters["sequence_end"] = bool(request.flags() & pb_utils.TRITONSERVER_REQUEST_FLAG_SEQUENCE_END)
     version = request.model_version()
     return InferRequest(
         request.model_name(),
