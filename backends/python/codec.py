@@ -48,8 +48,9 @@ class Codec:
         inputs = [pb_utils.Tensor(t.name, t.data, t.datatype) for t in request.inputs]
         requested = [o.name for o in request.outputs] or list(self.outputs)
         sequence = request.sequence
-        flags = 0
+        flags, correlation = 0, request.parameters.get("sequence_id", 0)  # a request that skipped the core
         if sequence is not None:
+            correlation = sequence.correlation_id
             flags = (pb_utils.TRITONSERVER_REQUEST_FLAG_SEQUENCE_START if sequence.start else 0) | (
                 pb_utils.TRITONSERVER_REQUEST_FLAG_SEQUENCE_END if sequence.end else 0
             )
@@ -58,7 +59,7 @@ class Codec:
             requested,
             inputs,
             request_id=request.id,
-            correlation_id=sequence.correlation_id if sequence is not None else 0,
+            correlation_id=correlation,
             flags=flags,
             model_version=self.version,
             parameters=json.dumps(request.parameters) if request.parameters else "{}",
