@@ -26,6 +26,7 @@ from nereid.server.model_version import ModelVersion
 from nereid.server.repository import ModelRepository
 from nereid.server.responses import ResponseStream, UnaryResponse
 from nereid.server.routing.router import Router
+from nereid.server.sequence_flags import sequence_flags
 from nereid.server.stats import ModelStatistics
 from nereid.server.status.recent import RecentErrors
 from nereid.server.tracing import TraceManager
@@ -41,6 +42,7 @@ EXTENSIONS = (
     "model_repository",
     "parameters",
     "schedule_policy",
+    "sequence",
     "statistics",
     "trace",
 )
@@ -217,6 +219,7 @@ class InferenceCore:
         if params:
             request.priority = int_parameter(params, "priority", 0, 2**31) or 0
             request.timeout_us = int_parameter(params, "timeout", 0, MAX_TIMEOUT_US) or 0
+            request.sequence = sequence_flags(params) or request.sequence
         request.sender = sender
         try:
             model.scheduler.enqueue(request)

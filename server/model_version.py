@@ -14,6 +14,8 @@ from nereid.proto import model_config_pb2 as mc
 from nereid.server.dynamic_batcher import DynamicBatcher
 from nereid.server.errors import Unavailable
 from nereid.server.model_config import TensorSpec, input_specs, output_specs
+from nereid.server.sequence_batcher import SequenceBatcher
+from nereid.server.sequence_config import SequenceSettings
 from nereid.server.stats import ModelStats
 from nereid.server.types import CoreHandle, InferRequest, Scheduler
 from nereid.server.validation import validate_request
@@ -93,6 +95,10 @@ def load_version(
     """Load one version synchronously (called on a loader thread); raises on failure."""
     if config.platform == "ensemble":  # Ensemble hook: steps run through the core, no backend.
         return _load_ensemble_version(name, version, config, model_dir, core)
+    origin = str(model_dir)
+    sequence = None
+    if config.WhichOneof("scheduling_choice") == "sequence_batching":
+        sequence = SequenceSettings.from_config(config, model_dir, origin)
     backend = registry.get(registry.resolve_name(config.backend, config.platform))
     context = ModelContext(name, version, config, model_dir, model_dir / str(version), core)
     model = backend.load_model(context)
@@ -105,11 +111,14 @@ def load_version(
             instance.finalize()
         model.finalize()
         raise
-    origin = str(model_dir)
     inputs = {spec.name: spec for spec in input_specs(config, origin)}
     outputs = {spec.name: spec for spec in output_specs(config, origin)}
     stats = ModelStats()
-    scheduler = DynamicBatcher(name, str(version), config, outputs, instances, stats)
+    scheduler: Scheduler
+    if sequence is not None:
+        scheduler = SequenceBatcher(name, str(version), config, outputs, instances, stats, sequence)
+    else:
+        scheduler = DynamicBatcher(name, str(version), config, outputs, instances, stats)
     return ModelVersion(name, version, config, model, instances, scheduler, inputs, outputs, stats)
 
 

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from nereid.server.tracing.context import TraceContext
 
 Parameters = dict[str, Any]  # scalars on the wire; typed values in process (see nereid.server.parameters)
+CorrelationId = int | str  # a sequence id: 0 and "" mean "not in a sequence"
 
 
 @dataclass(slots=True)
@@ -56,12 +57,23 @@ class ResponseSender(Protocol):
     def loop(self) -> asyncio.AbstractEventLoop | None: ...
 
 
+@dataclass(frozen=True, slots=True)
+class SequenceFlags:
+    """A request's place in a sequence (the ``sequence`` extension's request parameters)."""
+
+    correlation_id: CorrelationId
+    start: bool = False
+    end: bool = False
+
+
 @dataclass(slots=True, eq=False)
 class InferRequest:
     """One inference request as the core sees it.
 
     ``model_version`` is the version the client asked for ("" lets the core choose).
     ``priority`` 0 means the model's default level; ``timeout_us`` 0 means none.
+    ``sequence`` is set by the core from the ``sequence_id`` / ``sequence_start`` /
+    ``sequence_end`` parameters (None when the request names no sequence).
     """
 
     model_name: str
@@ -72,6 +84,7 @@ class InferRequest:
     parameters: Parameters = field(default_factory=dict)
     priority: int = 0
     timeout_us: int = 0
+    sequence: SequenceFlags | None = None
     arrival_ns: int = field(default_factory=time.monotonic_ns)
     # Set by the scheduler when the request leaves the queue for an instance.
     dispatch_ns: int = 0

@@ -19,6 +19,7 @@ from nereid.server.datatypes import numpy_to_api
 from nereid.server.errors import ErrorCode, InternalError, ServingError
 from nereid.server.model_config import TensorSpec, output_specs
 from nereid.server.parameters import wire_parameters
+from nereid.server.sequence_config import state_outputs
 from nereid.server.types import InferRequest, InferResponse, RequestedOutput, Tensor
 
 
@@ -38,17 +39,23 @@ class Codec:
         self.name = name
         self.version = version
         self.outputs: dict[str, TensorSpec] = {spec.name: spec for spec in output_specs(config)}
+        # Implicit state outputs always go back to the sequence batcher, which keeps them.
+        self.states = {spec.name for spec in state_outputs(config)}
+        for spec in state_outputs(config):
+            self.outputs.setdefault(spec.name, spec)
         self.max_batch_size = config.max_batch_size
 
     def pb_request(self, request: InferRequest) -> pb_utils.InferenceRequest:
         inputs = [pb_utils.Tensor(t.name, t.data, t.datatype) for t in request.inputs]
         requested, correlation, parameters = self.request_fields(request)
+        flags = sequence_flags_of(request)
         return pb_utils.InferenceRequest(
             self.name,
             requested,
             inputs,
             request_id=request.id,
             correlation_id=correlation,
+            flags=flags,
             model_version=self.version,
             parameters=parameters,
         )
@@ -56,7 +63,11 @@ class Codec:
     def request_fields(self, request: InferRequest) -> tuple[list[str], Any, str]:
         """``(requested output names, correlation id, parameters JSON)`` as ``execute`` sees them."""
         requested = [o.name for o in request.outputs] or list(self.outputs)
-        correlation = request.parameters.get("sequence_id", 0)
+        sequence = request.sequence
+        # A request that skipped the core (a direct call) may carry the id as a parameter only.
+        correlation = (
+            sequence.correlation_id if sequence is not None else request.parameters.get("sequence_id", 0)
+        )
         return requested, correlation, json.dumps(request.parameters) if request.parameters else "{}"
 
     def response(self, response: pb_utils.InferenceResponse, request: InferRequest) -> InferResponse:
@@ -80,7 +91,7 @@ class Codec:
             if isinstance(converted, str):
                 out.error = InternalError(f"model '{self.name}' output '{tensor.name()}': {converted}")
                 break
-            if not wanted or converted.name in wanted:
+            if not wanted or converted.name in wanted or converted.name in self.states:
                 out.outputs.append(converted)
         if out.error is not None:
             out.outputs = []
@@ -132,6 +143,12 @@ def infer_request(request: pb_utils.InferenceRequest) -> InferRequest:
     parameters = json.loads(request.parameters())
     if request.timeout():
         parameters["timeout"] = request.timeout()
+    if request.correlation_id():  # a BLS call that continues a sequence of the called model
+        parameters["sequence_id"] = request.correlation_id()
+        parameters["sequence_start"] = bool(
+            request.flags() & pb_utils.TRITONSERVER_REQUEST_FLAG_SEQUENCE_START
+        )
+        parameters["sequence_end"] = bool(request.flags() & pb_utils.TRITONSERVER_REQUEST_FLAG_SEQUENCE_END)
     version = request.model_version()
     return InferRequest(
         request.model_name(),
@@ -149,3 +166,12 @@ def pb_response(response: InferResponse) -> pb_utils.InferenceResponse:
         return pb_utils.InferenceResponse(error=triton_error(response.error))
     tensors = [pb_utils.Tensor(t.name, t.data, t.datatype) for t in response.outputs]
     return pb_utils.InferenceResponse(tensors, parameters=wire_parameters(response.parameters))
+
+
+def sequence_flags_of(request: InferRequest) -> int:
+    """Triton's request flags (sequence start / end) for ``request``."""
+    sequence = request.sequence
+    if sequence is None:
+        return 0
+    start = pb_utils.TRITONSERVER_REQUEST_FLAG_SEQUENCE_START if sequence.start else 0
+    return start | (pb_utils.TRITONSERVER_REQUEST_FLAG_SEQUENCE_END if sequence.end else 0)

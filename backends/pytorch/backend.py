@@ -56,6 +56,7 @@ from nereid.proto import model_config_pb2 as mc
 from nereid.server.datatypes import config_to_api
 from nereid.server.errors import InvalidArgument, Unavailable
 from nereid.server.model_config import ConfigError
+from nereid.server.sequence_config import sequence_inputs, state_outputs
 from nereid.server.types import InferRequest, InferResponse
 
 
@@ -186,9 +187,18 @@ class TorchInstance(ModelInstance):
         self.model_name = model.context.name
         self.program = program
         self.settings = model.settings
-        self.input_plan = plan_inputs(self.model_name, [t.name for t in config.input], program.arguments)
-        self.output_plan = plan_outputs(self.model_name, [t.name for t in config.output])
+        # A sequence model also takes the control and implicit-state inputs the sequence batcher
+        # adds (after the config's own, in sequence_batching order) and always returns its state
+        # outputs (after the config's own).
+        extra_inputs = sequence_inputs(config)
+        self.states = {spec.name for spec in state_outputs(config)}
+        names = [t.name for t in config.input] + [spec.name for spec in extra_inputs]
+        self.input_plan = plan_inputs(self.model_name, names, program.arguments)
+        declared = [t.name for t in config.output]
+        states = [spec.name for spec in state_outputs(config) if spec.name not in declared]
+        self.output_plan = plan_outputs(self.model_name, declared + states)
         self.input_types = {t.name: config_to_api(mc.DataType.Name(t.data_type)) for t in config.input}
+        self.input_types.update((spec.name, spec.datatype) for spec in extra_inputs)
         self.loop: BatchLoop[list[Any], Any] = BatchLoop(
             model=self.model_name,
             framework="PyTorch",
@@ -216,7 +226,7 @@ class TorchInstance(ModelInstance):
         return result
 
     def _fetch(self, result: Any, call: list[InferRequest]) -> Fetched:
-        wanted = _wanted_outputs(call, self.output_plan)
+        wanted = _wanted_outputs(call, self.output_plan) | self.states
         picked = pick_outputs(self.model_name, result, self.output_plan, wanted)
         arrays = {
             name: to_numpy(tensor, f"model '{self.model_name}' output '{name}'")
