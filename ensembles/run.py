@@ -83,6 +83,8 @@ class RunContext:
             parameters=parameters,
             priority=parent.priority,
             timeout_us=timeout_us,
+            # A traced ensemble request traces each step as a child span of its own.
+            trace=parent.trace.child() if parent.trace is not None else None,
         )
 
     async def emitted(self) -> None:
