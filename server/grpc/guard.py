@@ -18,6 +18,7 @@ from urllib.parse import unquote
 
 import grpc
 
+from nereid.proto import grpc_service_pb2 as pb
 from nereid.server.auth import ApiGroup
 from nereid.server.errors import RateLimited, ServingError
 from nereid.server.gate import Gate
@@ -57,6 +58,26 @@ _MODEL_FIELD = {
     "ModelStatistics": "name",
 }
 _LLM_INPUTS = ("text_input", "prompt")
+
+
+def _message(method: str, request: Any) -> Any:
+    """The request as a message: the inference service's handlers take raw bytes (see
+    ``server/grpc/registration.py``), so the guard parses its own copy to read the model and
+    prompt; bytes that do not parse are left for the handler to refuse (INVALID_ARGUMENT)."""
+    if not isinstance(request, bytes):
+        return request
+    service, _, name = method.rpartition("/")
+    if service != _SERVICE.rstrip("/"):
+        return None
+    method_desc = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods_by_name.get(name)
+    if method_desc is None:
+        return None
+    message = getattr(pb, method_desc.input_type.name)()
+    try:
+        message.ParseFromString(request)
+    except Exception:
+        return None
+    return message
 
 
 def _model(method: str, request: Any) -> str:
@@ -154,8 +175,11 @@ class GrpcGuard(grpc.aio.ServerInterceptor):
         infer = group is ApiGroup.INFERENCE
 
         async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            message = _message(method, request)
             try:
-                self._check(context, group, _model(method, request), _tokens(request) if infer else 0)
+                self._check(
+                    context, group, _model(method, message), _tokens(message) if infer and message else 0
+                )
             except ServingError as error:
                 await _refuse(context, error)
             return await behavior(request, context)
@@ -194,10 +218,13 @@ class GrpcGuard(grpc.aio.ServerInterceptor):
         self, requests: AsyncIterator[Any], context: Any, group: ApiGroup, refused: list[ServingError]
     ) -> AsyncIterator[Any]:
         """The stream's messages, each checked; stops at the first refused one."""
-        async for message in requests:
+        async for raw in requests:
+            message = _message(_SERVICE + "ModelStreamInfer", raw)
             try:
-                self._check(context, group, message.model_name, _tokens(message))
+                self._check(
+                    context, group, message.model_name if message else "", _tokens(message) if message else 0
+                )
             except ServingError as error:
                 refused.append(error)
                 return
-            yield message
+            yield raw
