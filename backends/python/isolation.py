@@ -42,6 +42,7 @@ from nereid.backends.python import pb_utils
 from nereid.backends.python.arena import Arena, bytes_needed, grown_size
 from nereid.backends.python.bls import CoreBls
 from nereid.backends.python.channel import Channel
+from nereid.backends.python.codec import sequence_flags_of
 from nereid.backends.python.instance import DirectTarget, InstanceSetup, PythonInstance
 from nereid.backends.python.runner import ExecuteError
 from nereid.backends.python.wire import RequestItem, named, unpack_responses
@@ -302,7 +303,15 @@ class ProcessInstance(PythonInstance):
         for key, request, group in zip(keys, requests, tensors, strict=True):
             requested, correlation, parameters = codec.request_fields(request)
             items.append(
-                (key, request.id, correlation, parameters, requested, headers[start : start + len(group)])
+                (
+                    key,
+                    request.id,
+                    correlation,
+                    sequence_flags_of(request),
+                    parameters,
+                    requested,
+                    headers[start : start + len(group)],
+                )
             )
             start += len(group)
         return items

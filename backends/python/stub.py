@@ -139,11 +139,11 @@ class StubHost:
 
     def _on_execute(self, items: list[RequestItem]) -> None:
         assert self.user is not None
-        # A decoupled model's threads keep inputs past execute(), so they get copies; the others
-        # get read-only views that stay valid until the next call reuses the arena.
-        requests = unpack_requests(
-            items, self.arenas["request"], self.model_name, self.version, self.decoupled
-        )
+        # Inputs are copied out of the arena: a model may keep an input past execute() (a
+        # decoupled model's threads, a stateful model's running total), and a view would change
+        # under it when the next call reuses the arena. The copy is a memcpy from shared memory,
+        # small beside the round trip; the pipe's pickling is what the arena saves.
+        requests = unpack_requests(items, self.arenas["request"], self.model_name, self.version, True)
         for item, request in zip(items, requests, strict=True):
             key = item[0]
             request._is_cancelled = functools.partial(self.cancelled, key)

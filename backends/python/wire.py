@@ -3,7 +3,7 @@
 Used by both sides (:mod:`~nereid.backends.python.isolation` in the server,
 :mod:`~nereid.backends.python.stub` in the stub); imports nothing of the server.
 
-    RequestItem   (key, request id, correlation id, parameters JSON, requested outputs, [Header])
+    RequestItem   (key, request id, correlation id, sequence flags, parameters JSON, requested outputs, [Header])
     ResponseItem  ((message, code) | None, parameters JSON, [Header])
 """
 
@@ -17,7 +17,7 @@ from nereid.backends.python import pb_utils
 from nereid.backends.python.arena import Arena, Header, Named
 from nereid.backends.python.runner import bytes_array
 
-RequestItem = tuple[int, str, Any, str, list[str], list[Header]]
+RequestItem = tuple[int, str, Any, int, str, list[str], list[Header]]
 ResponseItem = tuple[tuple[str, int] | None, str, list[Header]]
 
 
@@ -76,7 +76,7 @@ def unpack_requests(
 ) -> list[pb_utils.InferenceRequest]:
     """The requests a stub hands ``execute``: inputs view the arena unless ``copy``."""
     requests = []
-    for _, request_id, correlation, parameters, requested, headers in items:
+    for _, request_id, correlation, flags, parameters, requested, headers in items:
         inputs = [pb_utils.Tensor(h[0], arena.array(h, copy), h[1]) for h in headers]
         requests.append(
             pb_utils.InferenceRequest(
@@ -85,6 +85,7 @@ def unpack_requests(
                 inputs,
                 request_id=request_id,
                 correlation_id=correlation,
+                flags=flags,
                 model_version=version,
                 parameters=parameters,
             )

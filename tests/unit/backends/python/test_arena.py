@@ -98,9 +98,10 @@ def test_headers_that_point_outside_the_arena_are_refused(arena: Arena):
 
 def test_requests_and_responses_cross_with_their_fields(arena: Arena):
     headers, _ = arena.pack(_named(SAMPLES[:3]))
-    items = [(7, "r1", 42, '{"a": 1}', ["OUT"], headers[:2]), (8, "r2", 0, "{}", [], headers[2:])]
+    items = [(7, "r1", 42, 1, '{"a": 1}', ["OUT"], headers[:2]), (8, "r2", 0, 0, "{}", [], headers[2:])]
     first, second = unpack_requests(items, arena, "m", 3, copy=False)
     assert (first.request_id(), first.correlation_id(), first.parameters()) == ("r1", 42, '{"a": 1}')
+    assert (first.flags(), second.flags()) == (1, 0)
     assert first.requested_output_names() == ["OUT"] and first.model_version() == 3
     assert [t.name() for t in first.inputs()] == ["T0", "T1"] and first.inputs()[0].datatype() == "BOOL"
     assert second.inputs()[0].as_numpy().tolist() == [0, 1, 2, 3, 4]
