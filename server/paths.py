@@ -39,8 +39,9 @@ def confine(model_dir: Path, relative: str, field: str, base: str = "") -> Path:
     return target
 
 
-# An absolute POSIX path: a slash at a word start, then at least one path component.
-_ABSOLUTE = re.compile(r"(?<![\w.~/-])/(?:[\w.~+@-]+/)*[\w.~+@-]+")
+# An absolute POSIX path: a slash at a word start, then path components.
+# Two segments at least: "/etc" alone is too likely to be text (a closing "</tag>", a ratio).
+_ABSOLUTE = re.compile(r"(?<![\w.~/-])/(?:[\w.~+@-]+/)+[\w.~+@-]+")
 
 
 def scrub_paths(message: str, roots: Iterable[Path]) -> str:
