@@ -54,7 +54,9 @@ class NereidServer:
         options = CoreOptions(settings.strict_readiness, settings.model_control_mode)
         self.core = InferenceCore(roots, options, settings.model_load_thread_count)
         self.http = HttpFrontend(self.core, settings.http_max_input_size)
-        self.http.mounts["v1"] = OpenAIFrontend(self.core)
+        openai_frontend = OpenAIFrontend(self.core)
+        for prefix in ("v1", "tokenize", "detokenize"):  # vLLM serves /tokenize and /detokenize at the root
+            self.http.mounts[prefix] = openai_frontend
         self.ports: dict[str, int] = {}
         self._listeners: list[HttpListener] = []
         self._grpc: Any = None

@@ -30,8 +30,10 @@ from nereid.server.openai.bridge import (
 )
 from nereid.server.openai.errors import OpenAIError, as_openai_error, model_not_found
 from nereid.server.openai.fanout import merge
+from nereid.server.openai.fields import obj
 from nereid.server.openai.protocol import CompletionCall, parse_chat, parse_completion
 from nereid.server.openai.responses import Reply
+from nereid.server.openai.tokenize import tokenizer_body, tokenizer_request
 from nereid.server.types import InferResponse
 
 log = logging.getLogger(__name__)
@@ -48,6 +50,10 @@ class OpenAIFrontend:
 
     async def __call__(self, request: Request, send: Send, parts: list[str]) -> None:
         try:
+            if parts[0] in ("tokenize", "detokenize"):  # vLLM serves these at the root
+                allow(request.method, "POST")
+                await self.tokenizer_task(send, parts[0], await request.json())
+                return
             await self.route(request, send, parts[1:])
         except Exception as exc:  # every failure answers in OpenAI's shape
             error = as_openai_error(exc)
@@ -97,6 +103,18 @@ class OpenAIFrontend:
         if not is_llm(config):
             raise model_not_found(model)
         return config
+
+    async def tokenizer_task(self, send: Send, kind: str, body: Any) -> None:
+        model = obj(body).get("model")
+        if not isinstance(model, str) or not model:
+            raise OpenAIError(400, "'model' is required and must be a non-empty string", "model")
+        infer_request = tokenizer_request(kind, body, self._llm_config(model))
+        response = None
+        async for response in self.core.stream(infer_request):
+            if response.error is not None:
+                raise response.error
+        assert response is not None
+        await respond(send, 200, codec.dumps(tokenizer_body(kind, response, infer_request)))
 
     async def generate(self, request: Request, send: Send, call: CompletionCall) -> None:
         config = self._llm_config(call.model)

@@ -75,7 +75,7 @@ def parse_completion(body: Any) -> CompletionCall:
 
 def parse_chat(body: Any) -> CompletionCall:
     gen = _common(obj(body), chat=True)
-    gen.messages = _messages(body.get("messages"))
+    gen.messages = parse_messages(body.get("messages"))
     top = number(body, "top_logprobs", True, 0, MAX_TOP_LOGPROBS)
     if flag(body, "logprobs"):
         gen.logprobs = top or 0
@@ -180,7 +180,7 @@ def _logit_bias(value: Any) -> dict[int, float]:
     return out
 
 
-def _messages(value: Any) -> list[ChatMessage]:
+def parse_messages(value: Any) -> list[ChatMessage]:
     if not isinstance(value, list) or not value:
         raise bad_request("'messages' is required and must be a non-empty list", "messages")
     out: list[ChatMessage] = []

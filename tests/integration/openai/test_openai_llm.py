@@ -237,3 +237,28 @@ def test_echo_and_versions(llm_client):
     assert echoed.choices[0].text == "Hello" + plain.choices[0].text
     ids = llm_client.completions.create(model="tiny", prompt=[5, 6], max_tokens=2, echo=True, **GREEDY)
     assert len(ids.choices[0].text) > 0
+
+
+def test_tokenize_and_detokenize(llm_client, tokenizer):
+    import httpx
+
+    root = str(llm_client.base_url).removesuffix("/").removesuffix("/v1")
+    with httpx.Client(base_url=root, timeout=30) as http:
+        r = http.post("/tokenize", json={"model": "tiny", "prompt": "Hello world", "return_token_strs": True})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["tokens"] == tokenizer.encode("Hello world").ids
+        assert body["count"] == len(body["tokens"]) and body["max_model_len"] == MAX_MODEL_LEN
+        assert body["token_strs"] == [tokenizer.id_to_token(t) for t in body["tokens"]]
+        chat = http.post(
+            "/tokenize", json={"model": "tiny:1", "messages": [{"role": "user", "content": "Hi"}]}
+        )
+        assert tokenizer.decode(chat.json()["tokens"], skip_special_tokens=False).startswith(
+            "<|im_start|>user"
+        )
+        assert chat.json()["token_strs"] is None
+        d = http.post("/detokenize", json={"model": "tiny", "tokens": body["tokens"]})
+        assert d.json() == {"prompt": "Hello world"}
+        bad = http.post("/detokenize", json={"model": "tiny", "tokens": [10**6]})
+        assert bad.status_code == 400 and bad.json()["error"]["type"] == "invalid_request_error"
+        assert http.post("/tokenize", json={"model": "nope", "prompt": "a"}).status_code == 404
