@@ -51,7 +51,8 @@ class TopLogprob:
     token: str
     logprob: float
     bytes: list[int] | None = None
-    """The token's own UTF-8 bytes (``token`` is U+FFFD when they are part of one character); None: unknown."""
+    """The token's own UTF-8 bytes (``token`` is U+FFFD when they are part of one character); None: unknown
+    (then left out of the wire form)."""
 
 
 @dataclass(frozen=True, slots=True)
