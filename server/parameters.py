@@ -34,5 +34,7 @@ def wire_parameters(parameters: Mapping[str, Any]) -> dict[str, Any]:
 
 def _plain(value: Any) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+        # Optional fields left unset (None) stay off the wire, so adding one keeps the old JSON text.
+        fields = ((f.name, getattr(value, f.name)) for f in dataclasses.fields(value))
+        return {name: field for name, field in fields if field is not None}
     raise TypeError(f"parameter value of type {type(value).__name__} has no wire form")

@@ -95,7 +95,9 @@ class NereidServer:
             self.http.guard = HttpGuard(self.http_gate)
         self.core.tracing = TraceManager(settings.trace_config)
         self.http.access_log = settings.log_access
-        self.http.mounts["v1"] = OpenAIFrontend(self.core)
+        openai_frontend = OpenAIFrontend(self.core)
+        for prefix in ("v1", "tokenize", "detokenize"):  # vLLM serves /tokenize and /detokenize at the root
+            self.http.mounts[prefix] = openai_frontend
         self.http.mounts[""] = self.http.mounts["status"] = StatusPage(self.core)
         self.ports: dict[str, int] = {}
         self._listeners: list[HttpListener] = []

@@ -50,6 +50,9 @@ class TopLogprob:
     token_id: int
     token: str
     logprob: float
+    bytes: list[int] | None = None
+    """The token's own UTF-8 bytes (``token`` is U+FFFD when they are part of one character); None: unknown
+    (then left out of the wire form)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,11 +63,16 @@ class TokenLogprob:
     token: str
     logprob: float
     top_logprobs: list[TopLogprob] = field(default_factory=list)
+    bytes: list[int] | None = None
+    """As :attr:`TopLogprob.bytes`."""
 
     @classmethod
     def from_wire(cls, entry: dict[str, Any]) -> TokenLogprob:
-        tops = [TopLogprob(t["token_id"], t["token"], t["logprob"]) for t in entry.get("top_logprobs", [])]
-        return cls(entry["token_id"], entry["token"], entry["logprob"], tops)
+        tops = [
+            TopLogprob(t["token_id"], t["token"], t["logprob"], t.get("bytes"))
+            for t in entry.get("top_logprobs", [])
+        ]
+        return cls(entry["token_id"], entry["token"], entry["logprob"], tops, entry.get("bytes"))
 
 
 def read_token_ids(value: Any) -> list[int]:

@@ -21,6 +21,7 @@ from nereid.backends.llm.driver import EngineDriver
 from nereid.backends.llm.engine import LLMEngine
 from nereid.backends.llm.metrics import EngineMetrics
 from nereid.backends.llm.requests import parse
+from nereid.backends.llm.tasks import TASK, TASKS, run_task
 from nereid.backends.llm.tokenizer import Tokenizer
 from nereid.proto import model_config_pb2 as mc
 from nereid.server.errors import InvalidArgument, as_serving_error
@@ -90,6 +91,11 @@ class LLMInstance(ModelInstance):
     def execute(self, requests: list[InferRequest]) -> None:
         for request in requests:
             try:
+                if request.parameters.get(TASK) in TASKS:  # tokenizer only: answered here, at once
+                    response = run_task(request, self.tokenizer, self.engine.max_model_len)
+                    if request.sender is not None:
+                        request.sender.send(response, final=True)
+                    continue
                 with self.timer.phase("input"):
                     decoded = parse(request, self.tokenizer)
                 self.driver.submit(request, decoded)

@@ -38,7 +38,8 @@ class EngineConfig:
     enable_prefix_caching: bool = True
     enable_chunked_prefill: bool = True
     max_n: int = 1
-    """Largest `SamplingParams.n` accepted (only 1 is implemented)."""
+    """Largest `n` / `best_of` of an OpenAI call (its front-end fans them out into separate requests, so the
+    engine itself runs `SamplingParams.n == 1` only; the front-end defaults to 8 when the parameter is unset)."""
     max_logprobs: int = 20
     """Largest `SamplingParams.logprobs` accepted."""
     seed: int = 0

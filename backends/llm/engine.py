@@ -77,6 +77,10 @@ class LLMEngine:
             raise ValueError("n > 1 is not supported yet; send n separate requests")
         if params.logprobs is not None and params.logprobs > self.config.max_logprobs:
             raise ValueError(f"logprobs={params.logprobs} exceeds the limit of {self.config.max_logprobs}")
+        vocab = self.checkpoint_config.vocab_size
+        unknown = sorted(t for t in (*params.logit_bias, *params.stop_token_ids) if t >= vocab)
+        if unknown:
+            raise ValueError(f"token id {unknown[0]} is out of the vocabulary (ids are 0..{vocab - 1})")
 
     def _prompt_ids(self, prompt: str | Seq[int]) -> list[int]:
         ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)

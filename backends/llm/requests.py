@@ -2,7 +2,8 @@
 
 Both forms of :mod:`nereid.server.textgen` are accepted. Wire form, as Triton's vLLM backend: ``text_input`` |
 ``messages`` (JSON chat messages) | ``input_ids``; optional ``stream``, ``sampling_parameters`` (JSON object)
-and ``exclude_input_in_output``. Typed form: the request parameter ``messages`` holding ``list[ChatMessage]``
+and ``exclude_input_in_output`` (default: true when streaming, false otherwise, so a non-streamed answer
+starts with the prompt as Triton's vLLM backend does). Typed form: the request parameter ``messages`` holding ``list[ChatMessage]``
 instead of the input. Chat messages are rendered with the model's chat template. Sampling keys may also come
 as request parameters (typed values or their string forms); the ``sampling_parameters`` input wins.
 Every problem raises InvalidArgument with a message naming the input or key.
@@ -30,7 +31,9 @@ _FLOATS = ("temperature", "top_p", "min_p", "repetition_penalty", "frequency_pen
 _INTS = ("n", "top_k", "min_tokens")
 _OPTIONAL_INTS = ("seed", "max_tokens", "logprobs")
 _BOOLS = ("ignore_eos", "include_stop_str_in_output", "skip_special_tokens")
-SAMPLING_KEYS = frozenset((*_FLOATS, *_INTS, *_OPTIONAL_INTS, *_BOOLS, "stop", "stop_token_ids"))
+SAMPLING_KEYS = frozenset(
+    (*_FLOATS, *_INTS, *_OPTIONAL_INTS, *_BOOLS, "stop", "stop_token_ids", "logit_bias")
+)
 
 
 @dataclass(slots=True)
@@ -49,7 +52,8 @@ class EngineRequest:
 def parse(request: InferRequest, tokenizer: Tokenizer) -> EngineRequest:
     prompt_ids, prompt_text = _prompt(request, tokenizer)
     stream = _bool_input(request, "stream", True)
-    include_prompt = not _bool_input(request, "exclude_input_in_output", True)
+    # Triton's vLLM backend: without the input, a non-streamed answer starts with the prompt.
+    include_prompt = not _bool_input(request, "exclude_input_in_output", stream)
     return EngineRequest(
         prompt_ids=prompt_ids,
         params=sampling_params(request),
@@ -188,6 +192,8 @@ def _coerce(key: str, value: Any) -> Any:
             raise ValueError
         if key == "stop":
             return _string_list(value)
+        if key == "logit_bias":
+            return _bias(value)
         return _int_list(value)  # stop_token_ids
     except (ValueError, TypeError, OverflowError):
         raise InvalidArgument(f"sampling parameter '{key}' has an invalid value {value!r}") from None
@@ -204,6 +210,20 @@ def _string_list(value: Any) -> list[str]:
     if not isinstance(items, list) or not all(isinstance(s, str) and s for s in items):
         raise ValueError
     return items
+
+
+def _bias(value: Any) -> dict[int, float]:
+    """``{token id: bias}``; JSON gives the ids as strings (and gRPC parameters the whole map as JSON text)."""
+    if isinstance(value, str):
+        value = json.loads(value)
+    if not isinstance(value, dict):
+        raise ValueError
+    out = {}
+    for key, bias in value.items():
+        if isinstance(key, bool) or isinstance(bias, bool) or not isinstance(bias, int | float):
+            raise ValueError
+        out[int(key)] = float(bias)
+    return out
 
 
 def _int_list(value: Any) -> list[int]:

@@ -79,10 +79,11 @@ def text_tensor(text: str) -> Tensor:
 
 def _token_logprob(lp: SampleLogprobs, tokenizer: Tokenizer) -> TokenLogprob:
     tops = [
-        TopLogprob(t, _token(tokenizer, t), _finite(p))
+        TopLogprob(t, _token(tokenizer, t), _finite(p), list(tokenizer.token_bytes(t)))
         for t, p in zip(lp.top_token_ids, lp.top_logprobs, strict=True)
     ]
-    return TokenLogprob(lp.token_id, _token(tokenizer, lp.token_id), _finite(lp.logprob), tops)
+    own = list(tokenizer.token_bytes(lp.token_id))
+    return TokenLogprob(lp.token_id, _token(tokenizer, lp.token_id), _finite(lp.logprob), tops, own)
 
 
 def _finite(logprob: float) -> float:

@@ -1,4 +1,4 @@
-"""Batched sampling: penalties → min_tokens mask → greedy, or temperature → min_p → top_k → top_p → draw."""
+"""Batched sampling: penalties → logit bias → min_tokens mask → greedy, or temperature → min_p → top_k → top_p → draw."""
 
 from __future__ import annotations
 
@@ -63,6 +63,12 @@ class Sampler:
         raw = logits.log_softmax(-1) if want_logprobs else None
         logits = apply_penalties(logits.clone(), seqs)
         for row, seq in enumerate(seqs):
+            if seq.params.logit_bias:
+                bias = seq.params.logit_bias
+                ids = torch.tensor(list(bias), dtype=torch.long, device=logits.device)
+                logits[row, ids] += torch.tensor(
+                    list(bias.values()), dtype=logits.dtype, device=logits.device
+                )
             if seq.num_output_tokens < seq.params.min_tokens:
                 banned = seq.params.stop_token_ids + ([] if seq.params.ignore_eos else eos_token_ids)
                 logits[row, banned] = float("-inf")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
@@ -59,6 +60,24 @@ def byte_level_bpe(
     return tok
 
 
+def _byte_decoder() -> dict[str, int]:
+    """GPT-2's printable stand-in character -> the byte it stands for (the inverse of `bytes_to_unicode`)."""
+    printable = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), ord("ÿ") + 1),
+    ]
+    others = [b for b in range(256) if b not in printable]
+    return {
+        **{chr(b): b for b in printable},
+        **{chr(256 + i): b for i, b in enumerate(others)},
+    }
+
+
+_BYTE_DECODER = _byte_decoder()
+_BYTE_FALLBACK = re.compile(r"<0x([0-9A-Fa-f]{2})>")
+
+
 def _token_text(value: Any) -> str | None:
     return value.get("content") if isinstance(value, dict) else value
 
@@ -80,6 +99,8 @@ class Tokenizer:
         eos_id = tokenizer.token_to_id(eos_token) if eos_token else None
         self.eos_token_ids = list(eos_token_ids or ([] if eos_id is None else [eos_id]))
         self.chat_template = chat_template
+        self._byte_level = "ByteLevel" in repr(tokenizer.decoder)
+        self._added = set(tokenizer.get_added_tokens_decoder())
 
     @classmethod
     def from_dir(cls, path: Path) -> Tokenizer:
@@ -113,6 +134,21 @@ class Tokenizer:
 
     def id_to_token(self, token_id: int) -> str | None:
         return self.tokenizer.id_to_token(token_id)
+
+    def token_bytes(self, token_id: int) -> bytes:
+        """The raw bytes one token stands for, also when they are only part of a UTF-8 character (decoding
+        such a token alone gives U+FFFD). Joined in order, the bytes of a sequence are its UTF-8 text."""
+        piece = self.tokenizer.id_to_token(token_id)
+        if piece is None:
+            return b""
+        if token_id in self._added:
+            return piece.encode("utf-8")
+        if self._byte_level and all(c in _BYTE_DECODER for c in piece):
+            return bytes(_BYTE_DECODER[c] for c in piece)
+        fallback = _BYTE_FALLBACK.fullmatch(piece)
+        if fallback:  # SentencePiece byte fallback
+            return bytes([int(fallback.group(1), 16)])
+        return piece.replace("\u2581", " ").encode("utf-8")  # SentencePiece's word-start mark
 
     def apply_chat_template(
         self, messages: list[dict[str, Any]], add_generation_prompt: bool = True, **kwargs: Any

@@ -33,35 +33,49 @@ _NUMBERS: dict[str, tuple[bool, float | None, float | None, bool]] = {
 
 @dataclass(slots=True)
 class CompletionCall:
-    """What one completions or chat call asks for; ``sampling`` holds vLLM SamplingParams keys."""
+    """What one completions or chat call asks for; ``sampling`` holds vLLM SamplingParams keys.
+
+    A call fans out into ``len(prompts) * best_of`` generations (chat: one prompt, the messages); the reply
+    keeps the ``n`` best of each prompt's ``best_of`` (by cumulative logprob), indexed prompt-major.
+    """
 
     chat: bool
     model: str
-    prompt: str | None = None
-    prompt_ids: list[int] | None = None
+    prompts: list[str | list[int]] = field(default_factory=list)
+    """Completions: one text or token-id prompt per entry (a batch); empty for chat."""
     messages: list[ChatMessage] | None = None
     stream: bool = False
     include_usage: bool = False
     logprobs: int | None = None  # top alternatives per token; None: no logprobs at all
+    n: int = 1
+    best_of: int = 1
+    echo: bool = False
     priority: int | None = None
+    user: str | None = None
     sampling: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def fan_out(self) -> int:
+        """How many generations the call runs."""
+        return max(1, len(self.prompts)) * self.best_of
 
 
 def parse_completion(body: Any) -> CompletionCall:
     gen = _common(obj(body), chat=False)
-    gen.prompt, gen.prompt_ids = _prompt(body.get("prompt"))
-    if body.get("echo"):
-        raise bad_request("'echo' is not supported by this server", "echo")
+    gen.prompts = _prompts(body.get("prompt"))
+    gen.echo = flag(body, "echo")
     if body.get("suffix"):
         raise bad_request("'suffix' is not supported by this server", "suffix")
     gen.logprobs = number(body, "logprobs", True, 0, MAX_TOP_LOGPROBS)
+    if gen.echo and gen.logprobs is not None:
+        raise bad_request("'echo' with 'logprobs' (prompt logprobs) is not supported by this server", "echo")
     gen.sampling.setdefault("max_tokens", 16)  # OpenAI's default for completions
     return _finish(gen)
 
 
 def parse_chat(body: Any) -> CompletionCall:
     gen = _common(obj(body), chat=True)
-    gen.messages = _messages(body.get("messages"))
+    gen.messages = parse_messages(body.get("messages"))
     top = number(body, "top_logprobs", True, 0, MAX_TOP_LOGPROBS)
     if flag(body, "logprobs"):
         gen.logprobs = top or 0
@@ -90,14 +104,20 @@ def _common(body: dict[str, Any], chat: bool) -> CompletionCall:
         if not gen.stream:
             raise bad_request("'stream_options' is only allowed with 'stream': true", "stream_options")
         gen.include_usage = flag(obj(options, "stream_options"), "include_usage", "stream_options")
-    n = number(body, "n", True, 1, None)
-    if n is not None and n > 1:
-        raise bad_request(f"n={n} is not supported: this server returns one choice per request", "n")
-    if body.get("logit_bias"):
-        raise bad_request("'logit_bias' is not supported by this server", "logit_bias")
+    gen.n = number(body, "n", True, 1, None) or 1
     best_of = number(body, "best_of", True, 1, None)
-    if best_of is not None and best_of > 1:
-        raise bad_request("'best_of' is not supported by this server", "best_of")
+    gen.best_of = gen.n if best_of is None else best_of
+    if gen.best_of < gen.n:
+        raise bad_request(f"'best_of' ({gen.best_of}) must be >= 'n' ({gen.n})", "best_of")
+    if gen.stream and gen.best_of > gen.n:
+        raise bad_request("'best_of' > 'n' cannot be streamed", "best_of")
+    bias = _logit_bias(body.get("logit_bias"))
+    if bias:
+        gen.sampling["logit_bias"] = bias
+    user = body.get("user")
+    if user is not None and not isinstance(user, str):
+        raise bad_request("'user' must be a string", "user")
+    gen.user = user
     for key, (integer, low, high, open_low) in _NUMBERS.items():
         value = number(body, key, integer, low, high, open_low)
         if value is not None:
@@ -123,22 +143,44 @@ def _finish(gen: CompletionCall) -> CompletionCall:
     return gen
 
 
-def _prompt(value: Any) -> tuple[str | None, list[int] | None]:
-    """A text prompt, or a token-id prompt; batches of several prompts are refused."""
-    if isinstance(value, list) and len(value) == 1 and isinstance(value[0], str | list):
-        value = value[0]  # ["text"] or [[ids]]
-    if isinstance(value, str):
-        if not value:
-            raise bad_request("'prompt' must not be empty", "prompt")
-        return value, None
-    if isinstance(value, list) and len(value) > 1 and all(isinstance(v, str | list) for v in value):
-        raise bad_request("batched prompts are not supported: send one prompt per request", "prompt")
-    if isinstance(value, list) and value and not isinstance(value[0], str | list):
-        return None, token_ids(value, "prompt")
-    raise bad_request("'prompt' must be a string, a list with one string, or a list of token ids", "prompt")
+def _prompts(value: Any) -> list[str | list[int]]:
+    """One prompt or a batch: a string, a list of token ids, or a list of either."""
+    if isinstance(value, str) or (isinstance(value, list) and value and isinstance(value[0], int)):
+        value = [value]
+    if not isinstance(value, list) or not value:
+        raise bad_request(
+            "'prompt' must be a string, a list of token ids, or a non-empty list of either", "prompt"
+        )
+    prompts: list[str | list[int]] = []
+    for item in value:
+        if isinstance(item, str):
+            if not item:
+                raise bad_request("'prompt' must not be empty", "prompt")
+            prompts.append(item)
+        elif isinstance(item, list):
+            prompts.append(token_ids(item, "prompt"))
+        else:
+            raise bad_request("'prompt' must be a string, a list of token ids, or a list of either", "prompt")
+    return prompts
 
 
-def _messages(value: Any) -> list[ChatMessage]:
+def _logit_bias(value: Any) -> dict[int, float]:
+    """OpenAI's ``{"token id": bias}`` with biases in [-100, 100]; ids the model lacks fail in the backend."""
+    if value is None:
+        return {}
+    out: dict[int, float] = {}
+    for key, bias in obj(value, "logit_bias").items():
+        if not (isinstance(key, str) and key.isdigit()):
+            raise bad_request(f"'logit_bias' keys must be token ids, got {key!r}", "logit_bias")
+        if isinstance(bias, bool) or not isinstance(bias, int | float) or not -100 <= bias <= 100:
+            raise bad_request(
+                f"'logit_bias' values must be numbers in [-100, 100], got {bias!r}", "logit_bias"
+            )
+        out[int(key)] = float(bias)
+    return out
+
+
+def parse_messages(value: Any) -> list[ChatMessage]:
     if not isinstance(value, list) or not value:
         raise bad_request("'messages' is required and must be a non-empty list", "messages")
     out: list[ChatMessage] = []

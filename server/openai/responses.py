@@ -11,56 +11,85 @@ from nereid.server.openai.protocol import CompletionCall
 from nereid.server.textgen import TokenLogprob, TopLogprob
 
 
-class Reply:
-    """Accumulates one call's deltas; gives stream chunks as they come, or the whole body at the end."""
+class _Choice:
+    """One generation's accumulated text, logprobs and counts."""
 
-    def __init__(self, gen: CompletionCall, model: str) -> None:
-        self.chat = gen.chat
-        self.id = f"{'chatcmpl' if gen.chat else 'cmpl'}-{uuid.uuid4().hex}"
-        self.created = int(time.time())
-        self.model = model
-        self.top = gen.logprobs
-        self.include_usage = gen.include_usage
+    def __init__(self, chat: bool, top: int | None, echo: str) -> None:
         self.texts: list[str] = []
+        self.echo = echo  # the prompt, sent ahead of the first text (echo without the backend's help)
         self.logprobs: dict[str, list[Any]] | None = None
-        if self.top is not None:
-            keys = ("content",) if gen.chat else ("tokens", "token_logprobs", "top_logprobs", "text_offset")
+        if top is not None:
+            keys = ("content",) if chat else ("tokens", "token_logprobs", "top_logprobs", "text_offset")
             self.logprobs = {key: [] for key in keys}
         self.offset = 0  # text_offset of the next token (completions logprobs)
+        self.cumulative_logprob = 0.0
         self.finish_reason: str | None = None
         self.generated = 0
-        self.prompt_tokens = self.completion_tokens = self.cached_tokens = None
+        self.prompt_tokens: int | None = None
+        self.completion_tokens: int | None = None
+        self.cached_tokens: int | None = None
+
+    def take_text(self, text: str) -> str:
+        if self.echo:
+            text, self.echo = self.echo + text, ""
+        self.texts.append(text)
+        return text
+
+    @property
+    def num_completion_tokens(self) -> int:
+        return self.completion_tokens if self.completion_tokens is not None else self.generated
+
+
+class Reply:
+    """Accumulates one call's deltas (``call.fan_out`` generations); gives stream chunks as they come, or
+    the whole body at the end, where each prompt keeps the ``n`` best of its ``best_of`` candidates."""
+
+    def __init__(self, call: CompletionCall, model: str, echoes: list[str] | None = None) -> None:
+        self.chat = call.chat
+        self.id = f"{'chatcmpl' if call.chat else 'cmpl'}-{uuid.uuid4().hex}"
+        self.created = int(time.time())
+        self.model = model
+        self.top = call.logprobs
+        self.n, self.best_of = call.n, call.best_of
+        self.include_usage = call.include_usage
+        echoes = echoes or []
+        self.choices = [
+            _Choice(call.chat, self.top, echoes[i // self.best_of] if echoes else "")
+            for i in range(call.fan_out)
+        ]
 
     # ---- accumulation ------------------------------------------------------------------------
 
     def add(self, delta: Delta) -> dict[str, Any] | None:
         """Record ``delta``; its stream chunk, or None when it carries nothing to send."""
-        self.texts.append(delta.text)
-        self.generated += len(delta.token_ids)
+        choice = self.choices[delta.index]
+        text = choice.take_text(delta.text)
+        choice.generated += len(delta.token_ids)
         for key in ("prompt_tokens", "completion_tokens", "cached_tokens"):
             if getattr(delta, key) is not None:
-                setattr(self, key, getattr(delta, key))
-        self.finish_reason = delta.finish_reason or self.finish_reason
-        logprobs = self._logprobs(delta.logprobs or [])
-        if not (delta.text or logprobs or delta.finish_reason):
+                setattr(choice, key, getattr(delta, key))
+        choice.finish_reason = delta.finish_reason or choice.finish_reason
+        choice.cumulative_logprob += sum(e.logprob for e in delta.logprobs or [])
+        logprobs = self._logprobs(choice, delta.logprobs or [])
+        if not (text or logprobs or delta.finish_reason):
             return None
-        return self._chunk(delta.text, logprobs, delta.finish_reason)
+        return self._chunk(delta.index, text, logprobs, delta.finish_reason)
 
-    def _logprobs(self, entries: list[TokenLogprob]) -> dict[str, list[Any]] | None:
-        if self.logprobs is None or not entries:
+    def _logprobs(self, choice: _Choice, entries: list[TokenLogprob]) -> dict[str, list[Any]] | None:
+        if choice.logprobs is None or not entries:
             return None
         if self.chat:
             piece: dict[str, list[Any]] = {"content": [self._chat_entry(e) for e in entries]}
         else:
-            piece = {key: [] for key in self.logprobs}
+            piece = {key: [] for key in choice.logprobs}
             for e in entries:
                 top = {t.token: t.logprob for t in e.top_logprobs[: self.top]}
                 top.setdefault(e.token, e.logprob)
-                for key, value in zip(piece, (e.token, e.logprob, top, self.offset), strict=True):
+                for key, value in zip(piece, (e.token, e.logprob, top, choice.offset), strict=True):
                     piece[key].append(value)
-                self.offset += len(e.token)
+                choice.offset += len(e.token)
         for key, values in piece.items():
-            self.logprobs[key].extend(values)
+            choice.logprobs[key].extend(values)
         return piece
 
     def _chat_entry(self, e: TokenLogprob) -> dict[str, Any]:
@@ -69,11 +98,12 @@ class Reply:
 
     # ---- streaming ---------------------------------------------------------------------------
 
-    def _chunk(self, text: str, logprobs: Any, finish_reason: str | None) -> dict[str, Any]:
+    def _chunk(self, index: int, text: str, logprobs: Any, finish_reason: str | None) -> dict[str, Any]:
+        choice: dict[str, Any]
         if self.chat:
-            choice = {"index": 0, "delta": {"content": text} if text else {}}
+            choice = {"index": index, "delta": {"content": text} if text else {}}
         else:
-            choice = {"index": 0, "text": text}
+            choice = {"index": index, "text": text}
         choice.update(logprobs=logprobs, finish_reason=finish_reason)
         chunk = self._head("chat.completion.chunk" if self.chat else "text_completion")
         chunk["choices"] = [choice]
@@ -82,19 +112,23 @@ class Reply:
         return chunk
 
     def opening_chunks(self) -> list[dict[str, Any]]:
-        """Chat streams open with the assistant role (OpenAI sends it before any content)."""
+        """Chat streams open with the assistant role for every choice (OpenAI sends it before any content)."""
         if not self.chat:
             return []
-        chunk = self._chunk("", None, None)
-        chunk["choices"][0]["delta"] = {"role": "assistant", "content": ""}
-        return [chunk]
+        chunks = []
+        for index in range(len(self.choices)):
+            chunk = self._chunk(index, "", None, None)
+            chunk["choices"][0]["delta"] = {"role": "assistant", "content": ""}
+            chunks.append(chunk)
+        return chunks
 
     def closing_chunks(self) -> list[dict[str, Any]]:
-        """A finish_reason if no delta brought one, then the usage chunk when it was asked for."""
+        """A finish_reason for each choice no delta brought one to, then the usage chunk when asked for."""
         chunks = []
-        if self.finish_reason is None:
-            self.finish_reason = "stop"
-            chunks.append(self._chunk("", None, "stop"))
+        for index, choice in enumerate(self.choices):
+            if choice.finish_reason is None:
+                choice.finish_reason = "stop"
+                chunks.append(self._chunk(index, "", None, "stop"))
         if self.include_usage:
             chunk = self._head("chat.completion.chunk" if self.chat else "text_completion")
             chunk.update(choices=[], usage=self.usage())
@@ -104,26 +138,44 @@ class Reply:
     # ---- whole responses ---------------------------------------------------------------------
 
     def body(self) -> dict[str, Any]:
-        text = "".join(self.texts)
-        if self.chat:
-            choice = {"index": 0, "message": {"role": "assistant", "content": text}}
-        else:
-            choice = {"index": 0, "text": text}
-        choice.update(logprobs=self.logprobs, finish_reason=self.finish_reason or "stop")
+        choices = []
+        for index, choice in enumerate(self._kept()):
+            text = "".join(choice.texts)
+            entry: dict[str, Any] = {"index": index}
+            if self.chat:
+                entry["message"] = {"role": "assistant", "content": text}
+            else:
+                entry["text"] = text
+            entry.update(logprobs=choice.logprobs, finish_reason=choice.finish_reason or "stop")
+            choices.append(entry)
         body = self._head("chat.completion" if self.chat else "text_completion")
-        body.update(choices=[choice], usage=self.usage())
+        body.update(choices=choices, usage=self.usage())
         return body
 
+    def _kept(self) -> list[_Choice]:
+        """Per prompt, the ``n`` candidates with the highest cumulative logprob, in candidate order."""
+        if self.best_of == self.n:
+            return self.choices
+        kept = []
+        for start in range(0, len(self.choices), self.best_of):
+            group = self.choices[start : start + self.best_of]
+            best = sorted(range(len(group)), key=lambda i: -group[i].cumulative_logprob)[: self.n]
+            kept += [group[i] for i in sorted(best)]
+        return kept
+
     def usage(self) -> dict[str, Any]:
-        prompt = self.prompt_tokens or 0
-        completion = self.completion_tokens if self.completion_tokens is not None else self.generated
+        """Prompt tokens once per prompt; completion tokens of every generation run (best_of included)."""
+        firsts = self.choices[:: self.best_of]
+        prompt = sum(c.prompt_tokens or 0 for c in firsts)
+        completion = sum(c.num_completion_tokens for c in self.choices)
         usage: dict[str, Any] = {
             "prompt_tokens": prompt,
             "completion_tokens": completion,
             "total_tokens": prompt + completion,
         }
-        if self.cached_tokens is not None:
-            usage["prompt_tokens_details"] = {"cached_tokens": self.cached_tokens}
+        cached = [c.cached_tokens for c in firsts if c.cached_tokens is not None]
+        if cached:
+            usage["prompt_tokens_details"] = {"cached_tokens": sum(cached)}
         return usage
 
     def _head(self, kind: str) -> dict[str, Any]:
@@ -131,4 +183,5 @@ class Reply:
 
 
 def _token_logprob(e: TokenLogprob | TopLogprob) -> dict[str, Any]:
-    return {"token": e.token, "logprob": e.logprob, "bytes": list(e.token.encode("utf-8"))}
+    raw = e.bytes if e.bytes is not None else list(e.token.encode("utf-8"))
+    return {"token": e.token, "logprob": e.logprob, "bytes": raw}

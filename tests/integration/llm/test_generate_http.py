@@ -32,7 +32,7 @@ def test_generate_stream_sends_one_event_per_token(llm, greedy_params):
     assert [e.get("finish_reason") for e in events] == [None] * 7 + ["length"]
     assert [e["completion_tokens"] for e in events] == list(range(1, 9))
     whole = llm.generate("tiny", {"text_input": PROMPT, "parameters": greedy_params(8)})
-    assert text_of(events) == whole["text_output"]
+    assert PROMPT + text_of(events) == whole["text_output"]  # generate prepends the prompt (Triton's vLLM)
     assert [t for e in events for t in json.loads(e["token_ids"])] == json.loads(whole["token_ids"])
     # stream=false in the body: a single final event holding everything
     (single,) = llm.events("tiny", {"text_input": PROMPT, "stream": False, "parameters": greedy_params(8)})
@@ -48,7 +48,7 @@ def test_greedy_output_equals_the_engine_run_directly(llm, tiny_llama, engine_se
         for out in engine.step():
             tokens += out.new_token_ids
             text += out.new_text
-    assert json.loads(served["token_ids"]) == tokens and served["text_output"] == text
+    assert json.loads(served["token_ids"]) == tokens and served["text_output"] == PROMPT + text
 
 
 def test_sampling_parameters_from_the_input_win_over_request_parameters(llm):
@@ -61,16 +61,31 @@ def test_sampling_parameters_from_the_input_win_over_request_parameters(llm):
 
 
 def test_stop_strings_and_stop_token_ids(llm, greedy_params):
-    ref = llm.generate("tiny", {"text_input": PROMPT, "parameters": greedy_params(16)})
+    ref = llm.generate(
+        "tiny", {"text_input": PROMPT, "exclude_input_in_output": True, "parameters": greedy_params(16)}
+    )
     text, ids = ref["text_output"], json.loads(ref["token_ids"])
     stop = text[len(text) // 3 : len(text) // 3 + 2]
-    body = llm.generate("tiny", {"text_input": PROMPT, "parameters": greedy_params(16, stop=[stop])})
+    body = llm.generate(
+        "tiny",
+        {"text_input": PROMPT, "exclude_input_in_output": True, "parameters": greedy_params(16, stop=[stop])},
+    )
     assert body["text_output"] == text[: text.index(stop)]
     assert body["finish_reason"] == "stop" and body["stop_reason"] == stop
     at = next(i for i in range(2, len(ids)) if ids[i] not in ids[:i])
     params = greedy_params(16, stop_token_ids=json.dumps([ids[at]]))  # a JSON string, as gRPC must send it
     body = llm.generate("tiny", {"text_input": PROMPT, "parameters": params})
     assert json.loads(body["token_ids"]) == ids[: at + 1] and body["finish_reason"] == "stop"
+
+
+def test_generate_prepends_the_prompt_unless_streamed_or_excluded(llm, greedy_params):
+    """Triton's vLLM backend: without ``exclude_input_in_output`` only a non-streamed answer has the prompt."""
+    whole = llm.generate("tiny", {"text_input": PROMPT, "parameters": greedy_params(4)})["text_output"]
+    bare = llm.generate(
+        "tiny", {"text_input": PROMPT, "exclude_input_in_output": True, "parameters": greedy_params(4)}
+    )["text_output"]
+    streamed = text_of(llm.events("tiny", {"text_input": PROMPT, "parameters": greedy_params(4)}))
+    assert whole == PROMPT + bare and streamed == bare
 
 
 def test_logprobs_and_exclude_input_in_output(llm, greedy_params):
@@ -133,7 +148,7 @@ def test_a_bad_request_leaves_other_sequences_alone(llm, greedy_params):
             assert llm.post("tiny", {"text_input": PROMPT, "parameters": {"top_k": -5}}).status_code == 400
             assert llm.post("tiny", {"text_input": "fox " * 600}, stream=True).status_code == 400
         events = [json.loads(line[len("data: ") :]) for line in [first, *lines] if line]
-    assert text_of(events) == ref["text_output"] and events[-1]["finish_reason"] == "length"
+    assert PROMPT + text_of(events) == ref["text_output"] and events[-1]["finish_reason"] == "length"
     assert len(events) == 200
 
 

@@ -63,7 +63,7 @@ def test_stream_infer_sends_a_response_per_token(llm, greedy_params):
     assert all(r.get_response().id == "g1" for r, _ in items)
     text = "".join(r.as_numpy("text_output")[0].decode() for r, _ in items)
     http = llm.generate("tiny", {"text_input": PROMPT, "parameters": greedy_params(6)})
-    assert text == http["text_output"]
+    assert PROMPT + text == http["text_output"]  # a non-streamed generate starts with the prompt
 
 
 def test_stream_false_sends_one_final_response(llm, greedy_params):

@@ -7,11 +7,13 @@ import pytest
 
 def test_list_and_retrieve_models(client):
     models = client.models.list().data
-    assert [m.id for m in models] == ["fake", "slow"]  # the ONNX model is not an LLM
+    # the ONNX model is not an LLM; each version is listed as name:version too
+    assert [m.id for m in models] == ["fake", "fake:1", "slow", "slow:1"]
     for m in models:
         assert (m.object, m.owned_by) == ("model", "nereid")
         assert isinstance(m.created, int)
     assert client.models.retrieve("fake").id == "fake"
+    assert client.models.retrieve("fake:1").id == "fake:1"
 
 
 def test_completion(client):

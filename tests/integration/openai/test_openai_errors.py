@@ -47,15 +47,20 @@ def assert_openai_error(status: int, payload: bytes, expected_status: int, param
         ({"temperature": "hot"}, "temperature"),
         ({"top_p": 0}, "top_p"),
         ({"top_p": 1.5}, "top_p"),
-        ({"n": 2}, "n"),
+        ({"n": 9}, "n"),  # over the default cap of 8
         ({"logprobs": 21}, "logprobs"),
         ({"max_tokens": 0}, "max_tokens"),
         ({"max_tokens": 2.5}, "max_tokens"),
         ({"presence_penalty": 3}, "presence_penalty"),
         ({"stop": 5}, "stop"),
-        ({"echo": True}, "echo"),
-        ({"logit_bias": {"5": 10}}, "logit_bias"),
-        ({"best_of": 2}, "best_of"),
+        ({"echo": True, "logprobs": 1}, "echo"),
+        ({"logit_bias": {"5": 101}}, "logit_bias"),
+        ({"logit_bias": {"x": 1}}, "logit_bias"),
+        ({"logit_bias": {"5": "big"}}, "logit_bias"),
+        ({"best_of": 9}, "best_of"),
+        ({"n": 3, "best_of": 2}, "best_of"),
+        ({"best_of": 2, "stream": True}, "best_of"),
+        ({"user": 5}, "user"),
         ({"stream": "yes"}, "stream"),
         ({"stream_options": {"include_usage": True}}, "stream_options"),
         ({"extra_body": {"top_k": -2}}, "top_k"),
@@ -69,7 +74,7 @@ def test_completion_bad_values(client, kwargs, param):
     assert (info.value.param, info.value.type) == (param, "invalid_request_error")
 
 
-@pytest.mark.parametrize("prompt", ["", [], ["a", "b"], [1, "a"], [True], [[1], [2]], 5])
+@pytest.mark.parametrize("prompt", ["", [], ["a", ""], [1, "a"], [True], [[1], []], [["a"]], 5])
 def test_completion_bad_prompts(client, prompt):
     with pytest.raises(openai.BadRequestError) as info:
         client.completions.create(model="fake", prompt=prompt)

@@ -77,3 +77,13 @@ def test_stop_string_across_token_boundaries(tokenizer):
 def test_earliest_stop_string_wins(tokenizer):
     deltas, stop = stream(tokenizer, TEXT, stop=["here", "Stop"])
     assert stop == "Stop" and "".join(deltas) == "Hello world, hello tokens! "
+
+
+def test_token_bytes_join_back_into_the_text(tokenizer):
+    text = TEXT + " Ωμ ☃ 🎉"  # characters the tokenizer never saw: split into single-byte tokens
+    ids = tokenizer.encode(text)
+    assert b"".join(tokenizer.token_bytes(t) for t in ids) == text.encode()
+    partial = [t for t in ids if tokenizer.decode([t]) == "\ufffd"]
+    assert partial
+    assert all(tokenizer.token_bytes(t) != "\ufffd".encode() for t in partial)
+    assert tokenizer.token_bytes(1) == b"<|im_start|>"  # a special token: its own text
