@@ -128,7 +128,8 @@ class InferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
             key == GRPC_ERROR_HEADER and str(value).lower() == "true"
             for key, value in context.invocation_metadata() or ()
         )
-        session = StreamSession(self.core)
+        metadata = {key: str(value) for key, value in context.invocation_metadata() or ()}
+        session = StreamSession(self.core, metadata.get("traceparent"), metadata.get("tracestate"))
         session.start(request_iterator)
         try:
             while (item := await session.next()) is not None:

@@ -33,8 +33,13 @@ _DONE = object()
 class StreamSession:
     """The state of one ModelStreamInfer call: ``start``, then ``next`` until None, then ``close``."""
 
-    def __init__(self, core: InferenceCore) -> None:
+    def __init__(
+        self, core: InferenceCore, traceparent: str | None = None, tracestate: str | None = None
+    ) -> None:
         self.core = core
+        # The call's W3C trace context (metadata): each request of the stream is a span under it.
+        self._traceparent = traceparent
+        self._tracestate = tracestate
         self._outbox: asyncio.Queue[object] = asyncio.Queue()
         self._tasks: set[asyncio.Task[None]] = set()
         self._reader: asyncio.Task[None] | None = None
@@ -119,6 +124,10 @@ class StreamSession:
         finished = False
         try:
             request = codec.decode_request(msg)
+            if self._traceparent or self.core.tracing.active:
+                request.trace = self.core.tracing.begin(
+                    request.model_name, self._traceparent, self._tracestate, "grpc"
+                )
             empty_final = request.parameters.pop(ENABLE_EMPTY_FINAL, False) is True
             async for response in self.core.stream(request):
                 response.id = response.id or request.id

@@ -157,3 +157,26 @@ def test_x_request_id_is_adopted_and_echoed(spans_of, traced):
     assert response.headers["x-request-id"] == "abc-123" and response.json()["id"] == "abc-123"
     response = httpx.post(f"http://{traced.http_url}/v2/models/plain/infer", json={**body, "id": "body-id"})
     assert response.headers["x-request-id"] == "body-id"
+
+
+def test_each_request_of_a_grpc_stream_is_traced_under_the_calls_traceparent(spans_of, traced):
+    trace_id = TRACE_ID + 7
+    parent = f"00-{trace_id:032x}-{PARENT_ID:016x}-01"
+    results: list = []
+    done = threading.Event()
+
+    def callback(result, error):
+        results.append((result, error))
+        if len(results) == 2:
+            done.set()
+
+    with grpcclient.InferenceServerClient(traced.grpc_url) as client:
+        client.start_stream(callback=callback, headers={"traceparent": parent})
+        for request_id in ("s1", "s2"):
+            client.async_stream_infer("plain", _inputs(grpcclient), request_id=request_id)
+        assert done.wait(30)
+        client.stop_stream()
+    assert all(error is None for _, error in results)
+    roots = [s for s in spans_of(traced, trace_id) if s.name == "infer"]
+    assert len(roots) == 2
+    assert all(r.parent.span_id == PARENT_ID and r.attributes["nereid.protocol"] == "grpc" for r in roots)
