@@ -20,6 +20,7 @@ from nereid.server.errors import NotFound
 from nereid.server.http import codec
 from nereid.server.http.asgi import Request, Send, allow, respond, send_event, start_events
 from nereid.server.http.disconnect import cancel_on_disconnect
+from nereid.server.http.observe import begin_trace
 from nereid.server.openai.bridge import (
     backend_echoes,
     check_fan_out,
@@ -125,6 +126,8 @@ class OpenAIFrontend:
         reply = Reply(call, call.model, echoes)
         ids = [reply.id] if call.fan_out == 1 else [f"{reply.id}-{i}" for i in range(call.fan_out)]
         infer_requests = [to_infer_request(call, config, ids[i], i) for i in range(call.fan_out)]
+        for infer_request in infer_requests:  # each generation is a traced request when sampled
+            infer_request.trace = begin_trace(self.core, request, call.model)
         events = merge([self.core.stream(r) for r in infer_requests])
         try:
             if call.stream:
