@@ -136,7 +136,9 @@ class NereidServer:
                 credentials = server_credentials(
                     s.grpc_server_cert, s.grpc_server_key, s.grpc_root_cert, s.grpc_use_ssl_mutual
                 )
-            grpc_frontend = GrpcFrontend(self.core, s.grpc_max_input_size, self.grpc_gate, credentials)
+            grpc_frontend = GrpcFrontend(
+                self.core, s.grpc_max_input_size, self.grpc_gate, credentials, access_log=s.log_access
+            )
             self.ports["grpc"] = await grpc_frontend.start(s.grpc_address or s.http_address, s.grpc_port)
             self._grpc = grpc_frontend
         if s.allow_metrics:

@@ -18,6 +18,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 from nereid.proto import grpc_service_pb2, model_config_pb2
 from nereid.server.core import InferenceCore
 from nereid.server.gate import Gate
+from nereid.server.grpc.access import AccessLog
 from nereid.server.grpc.guard import GrpcGuard
 from nereid.server.grpc.health import HealthServicer
 from nereid.server.grpc.registration import add_inference_service
@@ -50,6 +51,7 @@ class GrpcFrontend:
         max_input_size: int = DEFAULT_MAX_INPUT_SIZE,
         gate: Gate | None = None,
         credentials: grpc.ServerCredentials | None = None,
+        access_log: bool = False,
     ) -> None:
         self.core = core
         self.max_input_size = max_input_size
@@ -57,11 +59,15 @@ class GrpcFrontend:
         self.gate = gate
         # TLS (and, with client certificates required, mTLS); None serves plaintext.
         self.credentials = credentials
+        # --log-access: one nereid.access line per call.
+        self.access_log = access_log
         self._server: grpc.aio.Server | None = None
 
     async def start(self, address: str, port: int) -> int:
         """Listen on ``address:port`` (0 picks a free port) and return the bound port."""
-        interceptors = [GrpcGuard(self.gate)] if self.gate is not None and self.gate.enabled else []
+        interceptors: list[grpc.aio.ServerInterceptor] = [AccessLog()] if self.access_log else []
+        if self.gate is not None and self.gate.enabled:
+            interceptors.append(GrpcGuard(self.gate))
         server = grpc.aio.server(
             interceptors=interceptors,
             options=[

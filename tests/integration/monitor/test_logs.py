@@ -7,10 +7,14 @@ import json
 import logging
 import subprocess
 import sys
+import time
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
 
 from nereid.server import logs
 
@@ -48,6 +52,31 @@ def test_access_log_lines_are_json_with_ids(repo, start_server, captured):
     assert infer["trace_id"] == TRACEPARENT.split("-")[1] and infer["level"] == "INFO"
     assert infer["time"].endswith("+00:00")
     assert any(r["status"] == 404 and r["model"] == "missing" for r in access)
+
+
+def test_grpc_calls_are_access_logged_with_their_status(repo, start_server, captured):
+    repo.identity("identity")
+    server = start_server(repo.root, log_access=True)
+    data = np.array(BODY["inputs"][0]["data"], dtype=np.float32).reshape(BODY["inputs"][0]["shape"])
+    with grpcclient.InferenceServerClient(server.grpc_url) as client:
+        tensor = grpcclient.InferInput("INPUT0", list(data.shape), "FP32")
+        tensor.set_data_from_numpy(data)
+        client.infer("identity", [tensor], headers={"x-request-id": "grpc-7", "traceparent": TRACEPARENT})
+        with pytest.raises(InferenceServerException):
+            client.get_model_metadata("missing")
+
+    def grpc_access() -> list[dict[str, Any]]:
+        records = [json.loads(line) for line in captured.getvalue().splitlines()]
+        return [r for r in records if r["logger"] == "nereid.access" and r["protocol"] == "grpc"]
+
+    # The server logs a call when its handler ends, which may be just after the client has the answer.
+    deadline = time.monotonic() + 5
+    while len(access := grpc_access()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    infer = next(r for r in access if r["path"].endswith("/ModelInfer"))
+    assert infer["status"] == "OK" and infer["request_id"] == "grpc-7"
+    assert infer["trace_id"] == TRACEPARENT.split("-")[1]
+    assert any(r["path"].endswith("/ModelMetadata") and r["status"] == "NOT_FOUND" for r in access), access
 
 
 def test_access_log_is_off_by_default(repo, start_server, captured):
