@@ -28,13 +28,28 @@ def snapshot(core: InferenceCore) -> dict[str, Any]:
             "tracing": core.tracing.active,
         },
         "models": [
-            {"name": row.name, "version": row.version, "state": row.state, "reason": row.reason}
+            {
+                "name": row.name,
+                "version": row.version,
+                "state": row.state,
+                "reason": row.reason,
+                "configured_share": _configured_share(core, row.name, row.version),
+            }
             for row in core.repository_index()
         ],
         "stats": [_stats(model) for model in core.loaded_models()],
         "llm": _llm_engines(),
         "errors": [asdict(e) for e in reversed(core.recent_errors.items())],
     }
+
+
+def _configured_share(core: InferenceCore, name: str, version: str) -> float | None:
+    """The version's share of unversioned traffic from the model's routing section (None: no section)."""
+    entry = core.repository.models.get(name)
+    policy = entry.routing if entry is not None else None
+    if policy is None or not version.isdigit():
+        return None
+    return policy.shares().get(int(version), 0.0)
 
 
 def _stats(model: Any) -> dict[str, Any]:

@@ -106,7 +106,10 @@ function renderModels(data, d) {
     const s = stats.get(key(m.name, m.version));
     const v = d.get(key(m.name, m.version)) || {};
     const total = perModel.get(m.name) || 0;
-    const split = s && total > 0 && Number.isFinite(v.requests) ? (100 * v.requests / total).toFixed(0) + "%" : "–";
+    const observed = s && total > 0 && Number.isFinite(v.requests) ? (100 * v.requests / total).toFixed(0) + "%" : "–";
+    // With a routing section the configured share is shown beside what was observed.
+    const configured = Number.isFinite(m.configured_share) ? " (of " + m.configured_share.toFixed(0) + "%)" : "";
+    const split = observed + configured;
     const priorities = s ? Object.entries(s.pending_by_priority).filter(([, n]) => n > 0).map(([p, n]) => "p" + p + ":" + n).join(" ") : "";
     const state = el("td", m.state, "state-" + m.state);
     rows.push([

@@ -99,6 +99,8 @@ def test_page_shows_a_model_turn_ready_and_charts_update(repo, start_server, bro
 
 def test_status_data_and_assets(repo, start_server):
     repo.identity("identity")
+    routing = 'parameters { key: "nereid.routing" value: { string_value: "weights: {1: 90, 2: 10}" } }'
+    repo.identity("split", versions=(1, 2), extra=f"version_policy: {{ all: {{}} }}\n{routing}")
     server = start_server(repo.root)
     base = f"http://{server.http_url}"
     for path in ("/", "/status", "/status/status.js", "/status/status.css"):
@@ -106,7 +108,15 @@ def test_status_data_and_assets(repo, start_server):
         assert response.status_code == 200, path
     assert "default-src 'self'" in httpx.get(base + "/").headers["content-security-policy"]
     data = httpx.get(base + "/status/data").json()
-    assert data["models"] == [{"name": "identity", "version": "1", "state": "READY", "reason": ""}]
+    rows = {(m["name"], m["version"]): m for m in data["models"]}
+    assert rows["identity", "1"] == {
+        "name": "identity",
+        "version": "1",
+        "state": "READY",
+        "reason": "",
+        "configured_share": None,
+    }
+    assert (rows["split", "1"]["configured_share"], rows["split", "2"]["configured_share"]) == (90, 10)
     assert data["server"]["ready"] and data["stats"][0]["model"] == "identity"
     assert httpx.get(base + "/status/nope").status_code == 404
     assert httpx.post(base + "/status/data").status_code == 405
