@@ -21,7 +21,9 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 install: $(STAMP)
 
+# Strict editable installs do not see new files, so refresh the install before serving too.
 serve: $(STAMP)
+	$(BIN)/pip install -q --no-deps --config-settings editable_mode=strict -e .
 	$(BIN)/nereid serve --model-repository $(MODEL_REPOSITORY) --http-port 8000 --grpc-port 8001 --metrics-port 8002
 
 # Strict editable installs do not see new files, so refresh the install before testing.
