@@ -145,13 +145,15 @@ def decode_request(
             f"the body has {len(binary) - offset} bytes of binary data that no input's binary_data_size claims"
         )
     outputs = [_decode_output(item) for item in raw_outputs]
+    parameters = _parameters(obj.get("parameters"), "request")
+    _check_bool(parameters, "binary_data_output", "request")
     return InferRequest(
         model_name=model_name,
         model_version=model_version,
         id=request_id,
         inputs=inputs,
         outputs=outputs,
-        parameters=_parameters(obj.get("parameters"), "request"),
+        parameters=parameters,
     )
 
 
@@ -286,7 +288,15 @@ def _count_error(name: str, got: int, shape: tuple[int, ...]) -> InvalidArgument
 def _decode_output(item: Any) -> RequestedOutput:
     if not isinstance(item, dict) or not isinstance(item.get("name"), str):
         raise InvalidArgument("each requested output must be an object with a 'name'")
-    return RequestedOutput(item["name"], _parameters(item.get("parameters"), f"output '{item['name']}'"))
+    parameters = _parameters(item.get("parameters"), f"output '{item['name']}'")
+    _check_bool(parameters, "binary_data", f"output '{item['name']}'")
+    return RequestedOutput(item["name"], parameters)
+
+
+def _check_bool(parameters: dict[str, Any], key: str, where: str) -> None:
+    """Triton refuses a non-boolean ``binary_data`` / ``binary_data_output`` ("yes" is not true)."""
+    if key in parameters and not isinstance(parameters[key], bool):
+        raise InvalidArgument(f"{where}: parameter '{key}' must be a boolean, got {parameters[key]!r}")
 
 
 def encode_response(request: InferRequest, response: InferResponse) -> tuple[bytes, int | None]:

@@ -127,3 +127,21 @@ def test_typed_answers_encode_to_the_v2_json_shapes() -> None:
         }
     ]
     assert entry["memory_usage"] == []
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        body(
+            inputs=[{"name": "A", "datatype": "INT8", "shape": [1], "data": [1]}],
+            outputs=[{"name": "OUT", "parameters": {"binary_data": "yes"}}],
+        ),
+        body(
+            inputs=[{"name": "A", "datatype": "INT8", "shape": [1], "data": [1]}],
+            parameters={"binary_data_output": 1},
+        ),
+    ],
+)
+def test_binary_flags_must_be_booleans_as_triton_requires(payload: bytes) -> None:
+    with pytest.raises(InvalidArgument, match="must be a boolean"):
+        codec.decode_request(payload, None, "m", "")
