@@ -82,14 +82,23 @@ def test_vllm_names_with_vllm_labels(server):
     text = _scrape(server)
     names = _sample_names(text)
     assert set(VLLM) <= names, set(VLLM) - names
-    line = next(x for x in text.splitlines() if x.startswith("vllm:generation_tokens_total{"))
-    assert 'model_name="tiny"' in line and 'engine="1"' in line and float(line.rsplit(" ", 1)[1]) >= 4
+    # The LLM metrics registry is per process: other tests' LLMs (e.g. "tiny_auto") have series too.
+    line = next(
+        x
+        for x in text.splitlines()
+        if x.startswith("vllm:generation_tokens_total{") and 'model_name="tiny"' in x
+    )
+    assert 'engine="1"' in line and float(line.rsplit(" ", 1)[1]) >= 4
     # The same series as nereid_llm_* (the registry is per process: other tests' "tiny" may have counted too).
     ours = next(
         x for x in text.splitlines() if x.startswith('nereid_llm_generation_tokens_total{model="tiny"')
     )
     assert ours.rsplit(" ", 1)[1] == line.rsplit(" ", 1)[1]
-    ttft = next(x for x in text.splitlines() if x.startswith("vllm:time_to_first_token_seconds_count{"))
+    ttft = next(
+        x
+        for x in text.splitlines()
+        if x.startswith("vllm:time_to_first_token_seconds_count{") and 'model_name="tiny"' in x
+    )
     assert float(ttft.rsplit(" ", 1)[1]) >= 1
     assert "vllm:time_to_first_token_seconds_created" not in names
 
