@@ -188,7 +188,11 @@ class Balancer:
 
     def wait_status(self, server: str, wanted: str, timeout: float = 20) -> None:
         def reached() -> bool:
-            return all(self.server_status(server, b).startswith(wanted) for b in ("be_http", "be_grpc"))
+            # Every backend the server is in (the sticky one too: its consistent hash moves when a
+            # server's state changes, so a check that skips it lets a session switch replicas).
+            rows = self.status()
+            backends = [b for (b, name) in rows if name == server]
+            return bool(backends) and all(rows[(b, server)]["status"].startswith(wanted) for b in backends)
 
         wait_for(reached, timeout, f"haproxy to see {server} {wanted}", interval=0.1)
 

@@ -96,6 +96,8 @@ def _successes(replica) -> float:
 
 
 def test_a_session_header_keeps_requests_on_one_replica(failover, cluster):
+    for replica in cluster.replicas:  # an earlier test may have just restarted one
+        cluster.balancer.wait_status(replica.name, "UP")
     before = [_successes(r) for r in cluster.replicas]
     conn = http.client.HTTPConnection("127.0.0.1", cluster.balancer.ports["http"], timeout=10)
     for _ in range(20):
