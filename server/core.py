@@ -196,11 +196,13 @@ class InferenceCore:
         """
         return self.router.route(request)
 
-    async def _resident(self, request: InferRequest) -> None:
-        """Load an evicted model again before routing to it (the request waits, within a timeout)."""
+    def _evicted(self, request: InferRequest) -> bool:
+        """Whether the model was evicted: it is loaded again before routing (the request waits).
+
+        A plain check, not a coroutine: every request asks, and almost none wait.
+        """
         entry = self.repository.models.get(request.model_name)
-        if entry is not None and entry.evicted:
-            await self.repository.restore(request.model_name)
+        return entry is not None and entry.evicted
 
     def submit(self, request: InferRequest) -> tuple[ModelVersion, ResponseStream]:
         """Validate and queue ``request``; its responses arrive on the returned stream."""
@@ -230,7 +232,8 @@ class InferenceCore:
 
     async def infer(self, request: InferRequest) -> InferResponse:
         """One request, one response (not for decoupled models); raises the response's error."""
-        await self._resident(request)
+        if self._evicted(request):
+            await self.repository.restore(request.model_name)
         model = self.route(request)
         if model.decoupled:
             raise Unsupported(
@@ -264,7 +267,8 @@ class InferenceCore:
 
     async def stream(self, request: InferRequest) -> AsyncGenerator[InferResponse, None]:
         """Every response of one request, in order; the last one has ``final`` set."""
-        await self._resident(request)
+        if self._evicted(request):
+            await self.repository.restore(request.model_name)
         model, stream = self.submit(request)
         ok, reason, message, last = True, "BACKEND", "", None
         try:
