@@ -27,6 +27,7 @@ from nereid.server.repository import ModelRepository
 from nereid.server.responses import ResponseStream, UnaryResponse
 from nereid.server.routing.router import Router
 from nereid.server.sequence_flags import sequence_flags
+from nereid.server.shared_memory import SharedMemoryRegistry
 from nereid.server.stats import ModelStatistics
 from nereid.server.status.recent import RecentErrors
 from nereid.server.tracing import TraceManager
@@ -56,6 +57,8 @@ class CoreOptions:
     repository_poll_secs: float = 15.0
     #: Bytes all loaded models may take (0: no limit); see ModelRepository.memory_budget.
     model_memory_budget: int = 0
+    #: Serve the system shared memory extension (Triton's --allow-client-shm, off by default).
+    allow_client_shm: bool = False
 
 
 class InferenceCore:
@@ -73,6 +76,8 @@ class InferenceCore:
         # The Monitor stage: sampled requests' spans, and the last failures for the status page.
         self.tracing = TraceManager()
         self.recent_errors = RecentErrors()
+        # Client regions for the system shared memory extension; codecs read and write tensors there.
+        self.shared_memory = SharedMemoryRegistry(self.options.allow_client_shm)
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop | None:
@@ -101,6 +106,7 @@ class InferenceCore:
             await self._poller.stop()
         await self.router.stop()
         await self.repository.unload_all()
+        self.shared_memory.close()
 
     # ---- health and metadata -----------------------------------------------------------------
 
@@ -114,7 +120,10 @@ class InferenceCore:
         return self.repository.all_ready() if self.options.strict_readiness else True
 
     def server_metadata(self) -> ServerMetadata:
-        return ServerMetadata(SERVER_NAME, SERVER_VERSION, EXTENSIONS)
+        extensions = EXTENSIONS
+        if self.shared_memory.enabled:
+            extensions = tuple(sorted((*EXTENSIONS, "system_shared_memory")))
+        return ServerMetadata(SERVER_NAME, SERVER_VERSION, extensions)
 
     def model_ready(self, name: str, version: str = "") -> bool:
         try:

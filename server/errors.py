@@ -61,6 +61,10 @@ class Unsupported(ServingError):
     code = ErrorCode.UNSUPPORTED
 
 
+class AlreadyExists(ServingError):
+    code = ErrorCode.ALREADY_EXISTS
+
+
 class Cancelled(ServingError):
     code = ErrorCode.CANCELLED
 

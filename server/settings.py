@@ -47,6 +47,13 @@ class Settings:
     allow_http: bool = field(default=True, metadata=_help("Serve HTTP."))
     allow_grpc: bool = field(default=True, metadata=_help("Serve gRPC."))
     allow_metrics: bool = field(default=True, metadata=_help("Serve /metrics."))
+    allow_client_shm: bool = field(
+        default=False,
+        metadata=_help(
+            "Let clients register /dev/shm regions and pass tensors through them (Triton's system "
+            "shared memory extension; off by default, as in Triton)."
+        ),
+    )
     strict_readiness: bool = field(
         default=True,
         metadata=_help("Ready only when every model version is READY (Triton's default)."),

@@ -24,8 +24,16 @@ from nereid.server.datatypes import (
     tensor_from_raw,
     tensor_to_raw,
 )
-from nereid.server.errors import InvalidArgument, Unsupported
+from nereid.server.errors import InvalidArgument
 from nereid.server.parameters import wire_parameters
+from nereid.server.shared_memory import REGION as _SHARED_MEMORY
+from nereid.server.shared_memory import (
+    RegionStatus,
+    SharedMemoryRegistry,
+    output_window,
+    place_output,
+    read_input,
+)
 from nereid.server.stats import Duration, ModelStatistics
 from nereid.server.types import InferRequest, InferResponse, Parameters, RequestedOutput, Tensor
 from nereid.server.validation import check_shape, check_tensor_count, raw_element_limit
@@ -47,7 +55,6 @@ _TYPED: dict[str, tuple[str, np.dtype]] = {
     "BYTES": ("bytes_contents", np.dtype(object)),
 }
 _NARROW = frozenset({"INT8", "INT16", "UINT8", "UINT16"})
-_SHARED_MEMORY = "shared_memory_region"
 _INT64_MAX = 2**63 - 1
 
 
@@ -101,17 +108,27 @@ def encode_parameters(values: Mapping[str, Any], target: Any) -> None:
 # ---- requests --------------------------------------------------------------------------------
 
 
-def decode_request(msg: pb.ModelInferRequest) -> InferRequest:
-    """An InferRequest from a ModelInferRequest; malformed tensors raise InvalidArgument."""
+def decode_request(msg: pb.ModelInferRequest, shm: SharedMemoryRegistry | None = None) -> InferRequest:
+    """An InferRequest from a ModelInferRequest; malformed tensors raise InvalidArgument.
+
+    Inputs may come from, and requested outputs may name, regions registered in ``shm``; an
+    input in shared memory takes no ``raw_input_contents`` entry (as tritonclient sends it).
+    """
     check_tensor_count(len(msg.inputs), len(msg.outputs))
     raw = msg.raw_input_contents
-    if raw and len(raw) != len(msg.inputs):
+    in_shm = [_SHARED_MEMORY in tensor.parameters for tensor in msg.inputs]
+    with_data = in_shm.count(False)
+    if raw and len(raw) != with_data:
         raise InvalidArgument(
-            f"raw_input_contents has {len(raw)} entries but the request has {len(msg.inputs)} inputs; "
-            "when raw contents are used every input needs exactly one"
+            f"raw_input_contents has {len(raw)} entries but the request has {with_data} inputs "
+            "outside shared memory; when raw contents are used each of them needs exactly one"
         )
-    inputs = [_decode_input(tensor, raw[i] if raw else None) for i, tensor in enumerate(msg.inputs)]
-    outputs = [_decode_output(output) for output in msg.outputs]
+    contents = iter(raw)
+    inputs = [
+        _decode_input(tensor, None if shared or not raw else next(contents), shm)
+        for tensor, shared in zip(msg.inputs, in_shm, strict=True)
+    ]
+    outputs = [_decode_output(output, shm) for output in msg.outputs]
     return InferRequest(
         model_name=msg.model_name,
         model_version=msg.model_version,
@@ -122,15 +139,20 @@ def decode_request(msg: pb.ModelInferRequest) -> InferRequest:
     )
 
 
-def _decode_input(msg: pb.ModelInferRequest.InferInputTensor, raw: bytes | None) -> Tensor:
+def _decode_input(
+    msg: pb.ModelInferRequest.InferInputTensor, raw: bytes | None, shm: SharedMemoryRegistry | None
+) -> Tensor:
     name, datatype = msg.name, msg.datatype
     if not name:
         raise InvalidArgument("each input needs a name")
     if datatype not in DATATYPES:
         raise InvalidArgument(f"input '{name}': unknown datatype '{datatype[:40]}'")
     params = decode_parameters(msg.parameters, f"input '{name}'")
-    if _SHARED_MEMORY in params:
-        raise Unsupported(f"input '{name}': shared memory is not supported; send the data in the request")
+    shared = read_input(shm, name, params)
+    if shared is not None:
+        if msg.HasField("contents"):
+            raise InvalidArgument(f"input '{name}': contents must not be specified with shared memory")
+        raw = shared
     if raw is not None:
         if msg.HasField("contents"):
             raise InvalidArgument(
@@ -197,30 +219,55 @@ def _from_typed(
         raise InvalidArgument(f"input '{name}': shape {list(shape)} is not valid: {exc}") from None
 
 
-def _decode_output(msg: pb.ModelInferRequest.InferRequestedOutputTensor) -> RequestedOutput:
+def _decode_output(
+    msg: pb.ModelInferRequest.InferRequestedOutputTensor, shm: SharedMemoryRegistry | None
+) -> RequestedOutput:
     if not msg.name:
         raise InvalidArgument("each requested output needs a name")
     params = decode_parameters(msg.parameters, f"output '{msg.name}'")
-    if _SHARED_MEMORY in params:
-        raise Unsupported(f"output '{msg.name}': shared memory is not supported")
+    output_window(shm, msg.name, params)
     return RequestedOutput(msg.name, params)
 
 
 # ---- responses -------------------------------------------------------------------------------
 
 
-def encode_response(response: InferResponse) -> pb.ModelInferResponse:
-    """A ModelInferResponse with every output in ``raw_output_contents``."""
+def encode_response(
+    response: InferResponse, request: InferRequest | None = None, shm: SharedMemoryRegistry | None = None
+) -> pb.ModelInferResponse:
+    """A ModelInferResponse with every output in ``raw_output_contents``.
+
+    An output whose ``request`` named a shared memory region is written there instead: it gets
+    the region's parameters and an empty ``raw_output_contents`` entry, so that every other
+    output keeps its index.
+    """
     msg = pb.ModelInferResponse(
         model_name=response.model_name, model_version=response.model_version, id=response.id
     )
     if response.parameters:
         encode_parameters(wire_parameters(response.parameters), msg.parameters)
+    wanted = {o.name: o.parameters for o in request.outputs if o.parameters} if request is not None else {}
     for tensor in response.outputs:
         out = msg.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
         if tensor.parameters:
             encode_parameters(tensor.parameters, out.parameters)
-        msg.raw_output_contents.append(tensor_to_raw(tensor.datatype, tensor.data))
+        params = wanted.get(tensor.name)
+        placed = place_output(shm, tensor, params) if params else None
+        if placed is not None:
+            encode_parameters(placed, out.parameters)
+            msg.raw_output_contents.append(b"")
+        else:
+            msg.raw_output_contents.append(tensor_to_raw(tensor.datatype, tensor.data))
+    return msg
+
+
+def encode_shm_status(regions: list[RegionStatus]) -> pb.SystemSharedMemoryStatusResponse:
+    """The system shared memory status: each region under its name."""
+    msg = pb.SystemSharedMemoryStatusResponse()
+    for r in regions:
+        msg.regions[r.name].CopyFrom(
+            msg.RegionStatus(name=r.name, key=r.key, offset=r.offset, byte_size=r.byte_size)
+        )
     return msg
 
 

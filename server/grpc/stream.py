@@ -123,7 +123,7 @@ class StreamSession:
         last: pb.ModelInferResponse | None = None
         finished = False
         try:
-            request = codec.decode_request(msg)
+            request = codec.decode_request(msg, self.core.shared_memory)
             if self._traceparent or self.core.tracing.active:
                 request.trace = self.core.tracing.begin(
                     request.model_name, self._traceparent, self._tracestate, "grpc"
@@ -136,7 +136,7 @@ class StreamSession:
                     yield _error(msg, response.error, response.final)
                     continue
                 try:
-                    last = codec.encode_response(response)
+                    last = codec.encode_response(response, request, self.core.shared_memory)
                 except Exception as exc:
                     yield _error(msg, as_serving_error(exc), response.final)
                     continue

@@ -26,6 +26,7 @@ from nereid.server.http.disconnect import cancel_on_disconnect
 from nereid.server.http.generate import generate
 from nereid.server.http.guard import HttpGuard
 from nereid.server.http.observe import adopt_request_id, begin_trace, echo_headers, trace_setting
+from nereid.server.http.shared_memory import shared_memory_route
 from nereid.server.lifecycle import load_parameters, unload_dependents
 from nereid.server.logs import access_logged
 from nereid.server.model_config import config_to_dict
@@ -102,6 +103,8 @@ class HttpFrontend:
             case ["repository", "models", name, ("load" | "unload") as action]:
                 _allow(method, "POST")
                 await self.repository_action(request, send, name, action)
+            case [("systemsharedmemory" | "cudasharedmemory") as kind, *rest]:
+                await shared_memory_route(self.core.shared_memory, request, send, kind, rest)
             case ["repository", "models", name, "routing"]:
                 _allow(method, "GET")
                 await respond(send, 200, codec.dumps(self.core.routing_state(name)))
@@ -144,7 +147,8 @@ class HttpFrontend:
         body = await request.body()
         header = request.headers.get("inference-header-content-length")
         header_length = _header_int(header) if header is not None else None
-        infer_request = codec.decode_request(body, header_length, name, version)
+        shm = self.core.shared_memory
+        infer_request = codec.decode_request(body, header_length, name, version, shm)
         sticky = self.core.router.sticky_header(name)
         if sticky and sticky in request.headers:
             infer_request.parameters.setdefault(sticky, request.headers[sticky])
@@ -152,7 +156,7 @@ class HttpFrontend:
         if "x-request-id" in request.headers:
             adopt_request_id(request, infer_request)
         response = await cancel_on_disconnect(request, self.core.infer(infer_request))
-        payload, json_length = codec.encode_response(infer_request, response)
+        payload, json_length = codec.encode_response(infer_request, response, shm)
         extra = echo_headers(request, infer_request) if infer_request.id or trace is not None else []
         if json_length is None:
             await respond(send, 200, payload, [*JSON, *extra] if extra else None)

@@ -23,6 +23,7 @@ from nereid.server.datatypes import (
 )
 from nereid.server.errors import InvalidArgument
 from nereid.server.parameters import wire_parameters
+from nereid.server.shared_memory import SharedMemoryRegistry, output_window, place_output, read_input
 from nereid.server.stats import ModelStatistics
 from nereid.server.types import InferRequest, InferResponse, RequestedOutput, Tensor
 from nereid.server.validation import MAX_TENSORS, check_shape, check_tensor_count, raw_element_limit
@@ -102,9 +103,16 @@ def _parameters(value: Any, where: str) -> dict[str, Any]:
 
 
 def decode_request(
-    body: bytes, header_length: int | None, model_name: str, model_version: str
+    body: bytes,
+    header_length: int | None,
+    model_name: str,
+    model_version: str,
+    shm: SharedMemoryRegistry | None = None,
 ) -> InferRequest:
-    """An InferRequest from a JSON body, optionally followed by binary tensor data."""
+    """An InferRequest from a JSON body, optionally followed by binary tensor data.
+
+    Inputs may come from, and requested outputs may name, regions registered in ``shm``.
+    """
     if header_length is None:
         header, binary = body, memoryview(b"")
     else:
@@ -137,14 +145,14 @@ def decode_request(
     inputs: list[Tensor] = []
     offset = 0
     for item in raw_inputs:
-        tensor, used = _decode_input(item, binary, offset, len(header))
+        tensor, used = _decode_input(item, binary, offset, len(header), shm)
         inputs.append(tensor)
         offset += used
     if offset != len(binary):
         raise InvalidArgument(
             f"the body has {len(binary) - offset} bytes of binary data that no input's binary_data_size claims"
         )
-    outputs = [_decode_output(item) for item in raw_outputs]
+    outputs = [_decode_output(item, shm) for item in raw_outputs]
     parameters = _parameters(obj.get("parameters"), "request")
     _check_bool(parameters, "binary_data_output", "request")
     return InferRequest(
@@ -163,7 +171,9 @@ def _list(value: Any, what: str) -> list[Any]:
     return value
 
 
-def _decode_input(item: Any, binary: memoryview, offset: int, json_size: int) -> tuple[Tensor, int]:
+def _decode_input(
+    item: Any, binary: memoryview, offset: int, json_size: int, shm: SharedMemoryRegistry | None
+) -> tuple[Tensor, int]:
     if not isinstance(item, dict):
         raise InvalidArgument("each input must be a JSON object")
     name = item.get("name")
@@ -174,6 +184,13 @@ def _decode_input(item: Any, binary: memoryview, offset: int, json_size: int) ->
         raise InvalidArgument(f"input '{name}': unknown datatype {_brief(datatype)}")
     params = _parameters(item.get("parameters"), f"input '{name}'")
     size = params.get("binary_data_size")
+    shared = read_input(shm, name, params)
+    if shared is not None:
+        if "data" in item or size is not None:
+            raise InvalidArgument(
+                f"input '{name}': 'data' and 'binary_data_size' must not be given with shared memory"
+            )
+        return _raw_tensor(name, datatype, item.get("shape"), shared, params), 0
     if size is not None:
         if isinstance(size, bool) or not isinstance(size, int) or size < 0:
             raise InvalidArgument(f"input '{name}': 'binary_data_size' must be a non-negative integer")
@@ -182,18 +199,24 @@ def _decode_input(item: Any, binary: memoryview, offset: int, json_size: int) ->
                 f"input '{name}': binary_data_size {size} runs past the end of the body "
                 f"({len(binary) - offset} bytes left)"
             )
-        shape = check_shape(name, item.get("shape"), raw_element_limit(datatype, size))
-        try:
-            data = tensor_from_raw(datatype, shape, binary[offset : offset + size])
-        except InvalidArgument as exc:
-            raise InvalidArgument(f"input '{name}': {exc.message}") from None
         params = {k: v for k, v in params.items() if k != "binary_data_size"}
-        return Tensor(name, datatype, shape, data, params), size
+        return _raw_tensor(name, datatype, item.get("shape"), binary[offset : offset + size], params), size
     if "data" not in item:
         raise InvalidArgument(f"input '{name}' has neither 'data' nor 'binary_data_size'")
     # Each JSON element takes at least one character of the body.
     shape = check_shape(name, item.get("shape"), json_size)
     return Tensor(name, datatype, shape, json_data(name, datatype, shape, item["data"]), params), 0
+
+
+def _raw_tensor(
+    name: str, datatype: str, shape_value: Any, raw: bytes | memoryview, params: dict[str, Any]
+) -> Tensor:
+    shape = check_shape(name, shape_value, raw_element_limit(datatype, len(raw)))
+    try:
+        data = tensor_from_raw(datatype, shape, raw)
+    except InvalidArgument as exc:
+        raise InvalidArgument(f"input '{name}': {exc.message}") from None
+    return Tensor(name, datatype, shape, data, params)
 
 
 def _brief(value: Any) -> str:
@@ -285,11 +308,12 @@ def _count_error(name: str, got: int, shape: tuple[int, ...]) -> InvalidArgument
     )
 
 
-def _decode_output(item: Any) -> RequestedOutput:
+def _decode_output(item: Any, shm: SharedMemoryRegistry | None) -> RequestedOutput:
     if not isinstance(item, dict) or not isinstance(item.get("name"), str):
         raise InvalidArgument("each requested output must be an object with a 'name'")
     parameters = _parameters(item.get("parameters"), f"output '{item['name']}'")
     _check_bool(parameters, "binary_data", f"output '{item['name']}'")
+    output_window(shm, item["name"], parameters)
     return RequestedOutput(item["name"], parameters)
 
 
@@ -299,8 +323,14 @@ def _check_bool(parameters: dict[str, Any], key: str, where: str) -> None:
         raise InvalidArgument(f"{where}: parameter '{key}' must be a boolean, got {parameters[key]!r}")
 
 
-def encode_response(request: InferRequest, response: InferResponse) -> tuple[bytes, int | None]:
-    """The response body and, when any output is binary, the JSON header's length."""
+def encode_response(
+    request: InferRequest, response: InferResponse, shm: SharedMemoryRegistry | None = None
+) -> tuple[bytes, int | None]:
+    """The response body and, when any output is binary, the JSON header's length.
+
+    An output whose request named a shared memory region is written there; its entry carries
+    the region's parameters instead of data.
+    """
     default_binary = bool(request.parameters.get("binary_data_output", False))
     wanted = {o.name: o.parameters for o in request.outputs}
     outputs: list[dict[str, Any]] = []
@@ -312,7 +342,10 @@ def encode_response(request: InferRequest, response: InferResponse) -> tuple[byt
             "datatype": tensor.datatype,
             "shape": list(tensor.shape),
         }
-        if params.get("binary_data", default_binary):
+        placed = place_output(shm, tensor, params) if params else None
+        if placed is not None:
+            entry["parameters"] = placed
+        elif params.get("binary_data", default_binary):
             raw = tensor_to_raw(tensor.datatype, tensor.data)
             entry["parameters"] = {"binary_data_size": len(raw)}
             blobs.append(raw)
