@@ -268,14 +268,18 @@ def tensor_window(parameters: Mapping[str, Any], where: str) -> Window | None:
     return Window(region, values[0], values[1])
 
 
+def require_enabled(registry: SharedMemoryRegistry | None) -> None:
+    """Raise unless client shared memory is on (a request that names a region asks for it)."""
+    if registry is None or not registry.enabled:
+        raise Unsupported(DISABLED)
+
+
 def _tensor_window(
     registry: SharedMemoryRegistry | None, parameters: dict[str, Any], where: str
 ) -> Window | None:
     if not any(key in parameters for key in SHM_PARAMETERS):
         return None
-    if registry is None:
-        raise Unsupported(DISABLED)
-    registry.check_enabled()
+    require_enabled(registry)
     window = tensor_window(parameters, where)
     for key in SHM_PARAMETERS:
         parameters.pop(key, None)
@@ -338,5 +342,6 @@ __all__ = [
     "output_window",
     "place_output",
     "read_input",
+    "require_enabled",
     "tensor_window",
 ]

@@ -33,6 +33,7 @@ from nereid.server.shared_memory import (
     output_window,
     place_output,
     read_input,
+    require_enabled,
 )
 from nereid.server.stats import Duration, ModelStatistics
 from nereid.server.types import InferRequest, InferResponse, Parameters, RequestedOutput, Tensor
@@ -118,6 +119,8 @@ def decode_request(msg: pb.ModelInferRequest, shm: SharedMemoryRegistry | None =
     raw = msg.raw_input_contents
     in_shm = [_SHARED_MEMORY in tensor.parameters for tensor in msg.inputs]
     with_data = in_shm.count(False)
+    if with_data < len(in_shm):
+        require_enabled(shm)
     if raw and len(raw) != with_data:
         raise InvalidArgument(
             f"raw_input_contents has {len(raw)} entries but the request has {with_data} inputs "
