@@ -120,7 +120,7 @@ class InferenceCore:
         return self.repository.all_ready() if self.options.strict_readiness else True
 
     def server_metadata(self) -> ServerMetadata:
-        extensions = EXTENSIONS
+        extensions: tuple[str, ...] = EXTENSIONS
         if self.shared_memory.enabled:
             extensions = tuple(sorted((*EXTENSIONS, "system_shared_memory")))
         return ServerMetadata(SERVER_NAME, SERVER_VERSION, extensions)

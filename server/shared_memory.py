@@ -201,7 +201,7 @@ class SharedMemoryRegistry:
         with self._use(window):
             pass
 
-    def read(self, window: Window) -> bytearray:
+    def read(self, window: Window) -> memoryview:
         """A copy of the window's bytes (read straight into one buffer)."""
         with self._use(window) as (fd, start):
             data = bytearray(window.byte_size)  # only once the window is known to fit
@@ -213,7 +213,7 @@ class SharedMemoryRegistry:
                         f"shared memory region '{window.region}' was truncated during the read"
                     )
                 done += got
-        return data
+        return memoryview(data)
 
     def write(self, window: Window, data: bytes | memoryview) -> None:
         """Write ``data`` (at most the window's size) at the window's start."""
@@ -288,7 +288,7 @@ def _tensor_window(
 
 def read_input(
     registry: SharedMemoryRegistry | None, name: str, parameters: dict[str, Any]
-) -> bytearray | None:
+) -> memoryview | None:
     """An input's raw bytes from its region (its shm parameters removed), or None when it has none."""
     window = _tensor_window(registry, parameters, f"input '{name}'")
     if window is None:

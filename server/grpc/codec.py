@@ -143,7 +143,9 @@ def decode_request(msg: pb.ModelInferRequest, shm: SharedMemoryRegistry | None =
 
 
 def _decode_input(
-    msg: pb.ModelInferRequest.InferInputTensor, raw: bytes | None, shm: SharedMemoryRegistry | None
+    msg: pb.ModelInferRequest.InferInputTensor,
+    raw: bytes | memoryview | None,
+    shm: SharedMemoryRegistry | None,
 ) -> Tensor:
     name, datatype = msg.name, msg.datatype
     if not name:
@@ -174,7 +176,7 @@ def _typed_count(contents: pb.InferTensorContents) -> int:
     return max((len(values) for _, values in contents.ListFields()), default=0)
 
 
-def _from_raw(name: str, datatype: str, shape: tuple[int, ...], raw: bytes) -> np.ndarray:
+def _from_raw(name: str, datatype: str, shape: tuple[int, ...], raw: bytes | memoryview) -> np.ndarray:
     try:
         return tensor_from_raw(datatype, shape, raw)
     except InvalidArgument as exc:
