@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from nereid.server.datatypes import tensor_to_raw
-from nereid.server.errors import AlreadyExists, InvalidArgument, NotFound, Unsupported
+from nereid.server.errors import AlreadyExists, InvalidArgument, NotFound, ResourceExhausted, Unsupported
 from nereid.server.types import Tensor
 
 SHM_ROOT = Path("/dev/shm")
@@ -40,6 +40,8 @@ SHM_PARAMETERS = (REGION, OFFSET, BYTE_SIZE)
 RESERVED_KEY_PREFIX = "triton_python_backend_shm_region_"
 DISABLED = "Client shared memory is disabled. Start the server with '--allow-client-shm=true' to enable."
 _INT64_MAX = 2**63 - 1
+#: Each region holds a descriptor open; a client must not be able to use up the server's.
+MAX_REGIONS = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +96,10 @@ class SharedMemoryRegistry:
         with self._lock:
             if name in self._regions:
                 raise AlreadyExists(f"shared memory region '{name}' already in manager")
+            if len(self._regions) >= MAX_REGIONS:
+                raise ResourceExhausted(
+                    f"cannot register shared memory region '{name}': {MAX_REGIONS} regions are registered"
+                )
         try:
             fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError:

@@ -130,19 +130,51 @@ def test_inputs_and_outputs_in_regions(client, regions):
 
 
 def test_shared_and_regular_tensors_mix(client, regions):
-    a, b = data(1)
     ins, _, in_handle = regions.make(TENSOR)
     outs, _, out_handle = regions.make(TENSOR)
-    shm.set_shared_memory_region(in_handle, [a])
     m = lib(client)
-    first, second = m.InferInput("INPUT0", [1, 16], "FP32"), m.InferInput("INPUT1", [1, 16], "FP32")
-    first.set_shared_memory(ins, TENSOR)
-    second.set_data_from_numpy(b)
-    out0, out1 = m.InferRequestedOutput("OUTPUT0"), m.InferRequestedOutput("OUTPUT1")
-    out0.set_shared_memory(outs, TENSOR)
-    result = client.infer("add_sub", [first, second], outputs=[out0, out1])
-    np.testing.assert_allclose(shm.get_contents_as_numpy(out_handle, np.float32, [1, 16]), a + b)
-    np.testing.assert_allclose(result.as_numpy("OUTPUT1"), a - b)
+    # HTTP: the regular tensors both as binary data and as JSON; gRPC has one encoding.
+    for binary in (True, False) if m is httpclient else (True,):
+        a, b = data(int(binary))
+        shm.set_shared_memory_region(in_handle, [a])
+        first, second = m.InferInput("INPUT0", [1, 16], "FP32"), m.InferInput("INPUT1", [1, 16], "FP32")
+        first.set_shared_memory(ins, TENSOR)
+        if m is httpclient:
+            second.set_data_from_numpy(b, binary_data=binary)
+            out0, out1 = (
+                m.InferRequestedOutput("OUTPUT0"),
+                m.InferRequestedOutput("OUTPUT1", binary_data=binary),
+            )
+        else:
+            second.set_data_from_numpy(b)
+            out0, out1 = m.InferRequestedOutput("OUTPUT0"), m.InferRequestedOutput("OUTPUT1")
+        out0.set_shared_memory(outs, TENSOR)
+        result = client.infer("add_sub", [first, second], outputs=[out0, out1])
+        np.testing.assert_allclose(shm.get_contents_as_numpy(out_handle, np.float32, [1, 16]), a + b)
+        np.testing.assert_allclose(result.as_numpy("OUTPUT1"), a - b, rtol=1e-6)
+
+
+def test_grpc_streams_use_regions_too(served):
+    client = grpcclient.InferenceServerClient(served.grpc_url)
+    made = Regions(client)
+    try:
+        a, b = data(3)
+        ins, _, in_handle = made.make(2 * TENSOR)
+        outs, _, out_handle = made.make(TENSOR)
+        shm.set_shared_memory_region(in_handle, [a, b])
+        answers: list[Any] = []
+        client.start_stream(callback=lambda result, error: answers.append((result, error)))
+        tensors = [grpcclient.InferInput(f"INPUT{i}", [1, 16], "FP32") for i in range(2)]
+        tensors[0].set_shared_memory(ins, TENSOR)
+        tensors[1].set_shared_memory(ins, TENSOR, TENSOR)
+        output = grpcclient.InferRequestedOutput("OUTPUT0")
+        output.set_shared_memory(outs, TENSOR)
+        client.async_stream_infer("add_sub", tensors, outputs=[output])
+        client.stop_stream()
+        assert len(answers) == 1 and answers[0][1] is None
+        np.testing.assert_allclose(shm.get_contents_as_numpy(out_handle, np.float32, [1, 16]), a + b)
+    finally:
+        made.close()
 
 
 def _status(client: Any, name: str = "") -> dict[str, tuple[str, int, int]]:

@@ -9,7 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nereid.server.errors import AlreadyExists, InvalidArgument, NotFound, ServingError, Unsupported
+from nereid.server.errors import (
+    AlreadyExists,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    ServingError,
+    Unsupported,
+)
 from nereid.server.shared_memory import (
     RegionStatus,
     SharedMemoryRegistry,
@@ -47,6 +54,16 @@ def test_register_status_unregister(registry: SharedMemoryRegistry) -> None:
         registry.status("a")
     registry.unregister()
     assert registry.status() == []
+
+
+def test_the_number_of_regions_is_bounded(registry: SharedMemoryRegistry, monkeypatch) -> None:
+    monkeypatch.setattr("nereid.server.shared_memory.MAX_REGIONS", 3)
+    for index in range(3):
+        registry.register(f"r{index}", "/obj", 0, 8)
+    with pytest.raises(ResourceExhausted, match="'r3'"):
+        registry.register("r3", "/obj", 0, 8)
+    registry.unregister("r0")
+    registry.register("r3", "/obj", 0, 8)
 
 
 @pytest.mark.parametrize(
