@@ -87,6 +87,7 @@ class NereidServer:
             settings.model_control_mode,
             settings.repository_poll_secs,
             settings.model_memory_budget,
+            settings.response_cache_bytes(),
         )
         self.core = InferenceCore(roots, options, settings.model_load_thread_count)
         self.http = HttpFrontend(self.core, settings.http_max_input_size)

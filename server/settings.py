@@ -99,6 +99,13 @@ class Settings:
             "evicts the least recently used idle model, which its next request loads again."
         ),
     )
+    cache_config: list[str] = field(
+        default_factory=list,
+        metadata=_help(
+            "Triton's response cache: local,size=BYTES (one LRU shared by the models whose config sets "
+            "response_cache { enable: true }); the variable separates values with ';'."
+        ),
+    )
     load_model: list[str] = field(
         default_factory=list,
         metadata=_help("Model to load at start-up in explicit mode ('*' for all); repeatable."),
@@ -219,7 +226,14 @@ class Settings:
         from nereid.server.tracing.manager import check_flags
 
         check_flags(self.trace_config)
+        self.response_cache_bytes()
         self.validate_security()
+
+    def response_cache_bytes(self) -> int:
+        """The response cache's size from ``--cache-config`` (0: none); raises ValueError."""
+        from nereid.server.response_cache import parse_cache_config
+
+        return parse_cache_config(self.cache_config)
 
     def validate_security(self) -> None:
         for name in ("http", "grpc"):
@@ -245,7 +259,10 @@ _LISTS = {
     "http_restricted_api": str,
     "grpc_restricted_protocol": str,
     "trace_config": str,
+    "cache_config": str,
 }
+# Variables of lists whose values hold commas themselves separate them with ";".
+_SEMICOLON_LISTS = ("http_restricted_api", "grpc_restricted_protocol", "cache_config")
 # Other spellings users bring from Triton and KServe runtimes.
 _ALIASES = {"--model-store": "--model-repository", "--model-dir": "--model-repository"}
 EPILOG = (
@@ -264,8 +281,7 @@ def _from_env(name: str, kind: Any) -> Any:
         return None
     try:
         if name in _LISTS:
-            # Restriction specs hold commas themselves, so their variables separate with ";".
-            return [kind(v) for v in raw.split(";" if "restricted" in name else ",") if v]
+            return [kind(v) for v in raw.split(";" if name in _SEMICOLON_LISTS else ",") if v]
         return kind(raw)
     except (ValueError, argparse.ArgumentTypeError) as exc:
         raise ValueError(f"{env_name(name)}={raw!r}: {exc}") from None
