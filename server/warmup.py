@@ -136,10 +136,14 @@ def _tensor(
     if kind == "input_data_file":
         field = f"model_warmup[{index}].inputs[{name}].input_data_file"
         try:
-            path = confine(model_dir, data.input_data_file, field, base=WARMUP_FOLDER)
+            # Kept inside the warmup folder itself, not just the model's.
+            path = confine(model_dir / WARMUP_FOLDER, data.input_data_file, field)
             raw = path.read_bytes()
-        except InvalidArgument as exc:
-            raise InvalidArgument(f"{where}: {exc.message}") from None
+        except InvalidArgument:
+            raise InvalidArgument(
+                f"{where}: input_data_file '{data.input_data_file}' must name a file inside the "
+                f"model's '{WARMUP_FOLDER}' folder"
+            ) from None
         except OSError as exc:
             raise InvalidArgument(
                 f"{where}: cannot read warmup file '{WARMUP_FOLDER}/{data.input_data_file}': "
