@@ -103,7 +103,9 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--requests", type=int, default=300, help="requests per case and transport")
     parser.add_argument("--width", type=int, default=512)
     parser.add_argument("--layers", type=int, default=4)
@@ -135,7 +137,9 @@ def main() -> int:
             "miss_over_hit": p50["miss"] / p50["hit"],
             "uncached_over_hit": p50["uncached"] / p50["hit"],
         }
-    print(f"# {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; {args.layers} x MatMul {args.width}x{args.width} + Relu")
+    print(
+        f"# {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; {args.layers} x MatMul {args.width}x{args.width} + Relu"
+    )
     print(f"# before: {before}\n# after:  {uptime()}")
     print(render(["transport", "case", "p50 µs", "p99 µs"], rows))
     for protocol, s in summary.items():

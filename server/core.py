@@ -253,7 +253,10 @@ class InferenceCore:
             )
         self._check(model, request)
         # The response cache hook: a hit skips the queue and the backend.
-        lookup = self.response_cache.lookup(model.name, model.version_str, request) if model.cached else None
+        cache = self.response_cache if model.cached else None
+        lookup = (
+            cache.lookup(model.name, model.version_str, request, model.load_id) if cache is not None else None
+        )
         if lookup is not None and lookup.response is not None:
             return self._cache_hit(model, request, lookup.response, lookup.ns)
         # The common path: one future resolved once, no per-request stream machinery.
@@ -280,8 +283,8 @@ class InferenceCore:
         assert response is not None  # set unless the await raised
         if response.error is not None:
             raise response.error
-        if lookup is not None:  # Triton's miss time: the lookup and the insertion
-            model.stats.record_cache(False, lookup.ns + self.response_cache.insert(lookup.key, response))  # type: ignore[union-attr]
+        if cache is not None and lookup is not None:  # Triton's miss time: the lookup and the insertion
+            model.stats.record_cache(False, lookup.ns + cache.insert(lookup.key, response))
         return response
 
     def _cache_hit(

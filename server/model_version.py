@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,8 @@ from nereid.server.types import CoreHandle, InferRequest, Scheduler
 from nereid.server.validation import validate_request
 from nereid.server.warmup import warm_up
 
+_LOADS = itertools.count(1)
+
 
 @dataclass(eq=False)
 class ModelVersion:
@@ -38,6 +41,8 @@ class ModelVersion:
     stats: ModelStats = field(default_factory=ModelStats)
     #: Whether requests use the server's response cache (the model enables it and can use it).
     cached: bool = False
+    #: Unique per load: a reloaded version's cache entries are not the old files' (response cache key).
+    load_id: int = field(default_factory=lambda: next(_LOADS))
 
     @property
     def version_str(self) -> str:

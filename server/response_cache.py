@@ -126,10 +126,14 @@ class ResponseCache:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def lookup(self, name: str, version: str, request: InferRequest) -> Lookup:
-        """Hash ``request`` and look it up; a hit's response carries the request's id."""
+    def lookup(self, name: str, version: str, request: InferRequest, load_id: int = 0) -> Lookup:
+        """Hash ``request`` and look it up; a hit's response carries the request's id.
+
+        ``load_id`` tells loads of one version apart: a reloaded version never sees the answers
+        of the files it replaced (their entries age out of the LRU).
+        """
         start = time.perf_counter_ns()
-        key = request_key(name, version, request)
+        key = request_key(name, version, request, load_id)
         with self._lock:
             entry = self._entries.get(key)
             if entry is None:
@@ -168,10 +172,10 @@ class ResponseCache:
         return time.perf_counter_ns() - start
 
 
-def request_key(name: str, version: str, request: InferRequest) -> bytes:
+def request_key(name: str, version: str, request: InferRequest, load_id: int = 0) -> bytes:
     """A 128-bit digest of everything in ``request`` that can change its response."""
     digest = hashlib.blake2b(digest_size=16)
-    digest.update(f"{name}\0{version}\0".encode())
+    digest.update(f"{name}\0{version}\0{load_id}\0".encode())
     for tensor in sorted(request.inputs, key=lambda t: t.name):
         digest.update(f"{tensor.name}\0{tensor.datatype}\0{tensor.shape}\0".encode())
         _hash_data(digest, tensor.data)

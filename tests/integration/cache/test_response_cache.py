@@ -191,3 +191,19 @@ def test_a_decoupled_model_with_the_cache_fails_to_load(repo, start_server, prot
     assert "decoupled" in message
     assert not client.is_model_ready("streamy")
     client.close()
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_a_reloaded_version_never_answers_from_the_old_files_entries(repo, start_server, protocol):
+    repo.add_sub("cached", extra=CACHE)
+    running = start_server(repo.root, cache_config=["local,size=65536"], model_control_mode="explicit")
+    client = Client(running, protocol)
+    client.client.load_model("cached")
+    a = data(30)
+    np.testing.assert_allclose(client.infer("cached", a).as_numpy("OUTPUT0"), a + 1)
+    repo.add_sub("cached", extra=CACHE, scale=3.0)  # same version, new model file
+    client.client.load_model("cached")
+    np.testing.assert_allclose(client.infer("cached", a).as_numpy("OUTPUT0"), (a + 1) * 3, rtol=1e-6)
+    np.testing.assert_allclose(client.infer("cached", a).as_numpy("OUTPUT0"), (a + 1) * 3, rtol=1e-6)
+    assert client.stats("cached")["hits"] == 1
+    client.close()
