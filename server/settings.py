@@ -106,6 +106,9 @@ class Settings:
             "response_cache { enable: true }); the variable separates values with ';'."
         ),
     )
+    response_cache_byte_size: int = field(
+        default=0, metadata=_help("Triton's deprecated spelling of --cache-config local,size=BYTES.")
+    )
     load_model: list[str] = field(
         default_factory=list,
         metadata=_help("Model to load at start-up in explicit mode ('*' for all); repeatable."),
@@ -233,7 +236,10 @@ class Settings:
         """The response cache's size from ``--cache-config`` (0: none); raises ValueError."""
         from nereid.server.response_cache import parse_cache_config
 
-        return parse_cache_config(self.cache_config)
+        if self.response_cache_byte_size < 0:
+            raise ValueError("--response-cache-byte-size must be >= 0 bytes")
+        # As in Triton, the old flag is --cache-config local,size=N under the hood.
+        return parse_cache_config(self.cache_config) or self.response_cache_byte_size
 
     def validate_security(self) -> None:
         for name in ("http", "grpc"):

@@ -29,6 +29,7 @@ def response(nbytes: int = 64) -> InferResponse:
         (["--cache-config", "local,size=1048576"], 1048576),
         (["--cache-config=local,size=2048"], 2048),
         (["--cache_config", "local,size=10"], 10),
+        (["--response-cache-byte-size", "4096"], 4096),  # Triton's deprecated flag
         ([], 0),
     ],
 )
