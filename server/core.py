@@ -24,6 +24,7 @@ from nereid.server.errors import (
 from nereid.server.lifecycle import RepositoryPoller
 from nereid.server.model_version import ModelVersion
 from nereid.server.repository import ModelRepository
+from nereid.server.response_cache import ResponseCache
 from nereid.server.responses import ResponseStream, UnaryResponse
 from nereid.server.routing.router import Router
 from nereid.server.sequence_flags import sequence_flags
@@ -59,6 +60,8 @@ class CoreOptions:
     model_memory_budget: int = 0
     #: Serve the system shared memory extension (Triton's --allow-client-shm, off by default).
     allow_client_shm: bool = False
+    #: Bytes of the response cache (0: none); see nereid.server.response_cache.
+    response_cache_bytes: int = 0
 
 
 class InferenceCore:
@@ -66,6 +69,9 @@ class InferenceCore:
 
     def __init__(self, roots: list[Path], options: CoreOptions | None = None, load_threads: int = 4) -> None:
         self.options = options or CoreOptions()
+        size = self.options.response_cache_bytes
+        #: Shared by every model whose config enables it (None: no --cache-config).
+        self.response_cache = ResponseCache(size) if size else None
         self.repository = ModelRepository(
             roots, core=self, load_threads=load_threads, memory_budget=self.options.model_memory_budget
         )
@@ -221,6 +227,10 @@ class InferenceCore:
         return model, stream
 
     def _admit(self, model: ModelVersion, request: InferRequest, sender: ResponseSender) -> None:
+        self._check(model, request)
+        self._enqueue(model, request, sender)
+
+    def _check(self, model: ModelVersion, request: InferRequest) -> None:
         try:
             model.validate(request)
         except ServingError as exc:
@@ -231,6 +241,8 @@ class InferenceCore:
             request.priority = int_parameter(params, "priority", 0, 2**31) or 0
             request.timeout_us = int_parameter(params, "timeout", 0, MAX_TIMEOUT_US) or 0
             request.sequence = sequence_flags(params) or request.sequence
+
+    def _enqueue(self, model: ModelVersion, request: InferRequest, sender: ResponseSender) -> None:
         request.sender = sender
         try:
             model.scheduler.enqueue(request)
@@ -248,9 +260,17 @@ class InferenceCore:
             raise Unsupported(
                 f"model '{model.name}' is decoupled; use the streaming API (ModelStreamInfer or generate_stream)"
             )
+        self._check(model, request)
+        # The response cache hook: a hit skips the queue and the backend.
+        cache = self.response_cache if model.cached else None
+        lookup = (
+            cache.lookup(model.name, model.version_str, request, model.load_id) if cache is not None else None
+        )
+        if lookup is not None and lookup.response is not None:
+            return self._cache_hit(model, request, lookup.response, lookup.ns)
         # The common path: one future resolved once, no per-request stream machinery.
         sender = UnaryResponse(asyncio.get_running_loop())
-        self._admit(model, request, sender)
+        self._enqueue(model, request, sender)
         ok, reason, message, response = False, "CANCELED", "request was cancelled", None
         try:
             response = await sender.wait()
@@ -272,6 +292,20 @@ class InferenceCore:
         assert response is not None  # set unless the await raised
         if response.error is not None:
             raise response.error
+        if cache is not None and lookup is not None:  # Triton's miss time: the lookup and the insertion
+            model.stats.record_cache(False, lookup.ns + cache.insert(lookup.key, response))
+        return response
+
+    def _cache_hit(
+        self, model: ModelVersion, request: InferRequest, response: InferResponse, ns: int
+    ) -> InferResponse:
+        """A cached response: a successful request without queue or compute time (as Triton counts it)."""
+        total_ns = time.monotonic_ns() - request.arrival_ns
+        model.stats.record_cache(True, ns)
+        model.stats.record_request(True, total_ns, None)
+        self.router.observe(model, request, True, total_ns, response)
+        if request.trace is not None:
+            self._monitor(model, request, None, "")
         return response
 
     async def stream(self, request: InferRequest) -> AsyncGenerator[InferResponse, None]:

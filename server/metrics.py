@@ -121,6 +121,48 @@ class CoreCollector:
             latency,
         )
         yield from self.lifecycle()
+        yield from self.response_cache()
+
+    def response_cache(self) -> Iterator[Metric]:
+        """Triton's per-model cache counters (only for models using the cache), and the cache's gauges."""
+        labels = ["model", "version"]
+        hits = CounterMetricFamily("nv_cache_num_hits_per_model", "Number of cache hits per model", labels)
+        misses = CounterMetricFamily(
+            "nv_cache_num_misses_per_model", "Number of cache misses per model", labels
+        )
+        hit_us = CounterMetricFamily(
+            "nv_cache_hit_duration_per_model",
+            "Cumulative time requests spend retrieving a cached response per model on cache hits (microseconds)",
+            labels,
+        )
+        miss_us = CounterMetricFamily(
+            "nv_cache_miss_duration_per_model",
+            "Cumulative time requests spend looking up and inserting responses into the cache on a cache "
+            "miss (microseconds)",
+            labels,
+        )
+        for model in self.core.loaded_models():
+            if model.cached:
+                stats, key = model.stats, [model.name, model.version_str]
+                hits.add_metric(key, stats.cache_hit.count)
+                misses.add_metric(key, stats.cache_miss.count)
+                hit_us.add_metric(key, stats.cache_hit.ns // 1000)
+                miss_us.add_metric(key, stats.cache_miss.ns // 1000)
+        yield from (hits, misses, hit_us, miss_us)
+        cache = self.core.response_cache
+        if cache is None:
+            return
+        gauges = {
+            "nv_cache_num_entries": ("Number of responses stored in response cache", len(cache)),
+            "nv_cache_num_hits": ("Number of cache hits in response cache", cache.hits),
+            "nv_cache_num_misses": ("Number of cache misses in response cache", cache.misses),
+            "nv_cache_num_evictions": ("Number of cache evictions in response cache", cache.evictions),
+            "nv_cache_util": ("Cache utilization [0.0 - 1.0]", cache.used / cache.capacity),
+        }
+        for name, (text, value) in gauges.items():
+            gauge = GaugeMetricFamily(name, text)
+            gauge.add_metric([], value)
+            yield gauge
 
     def lifecycle(self) -> Iterator[Metric]:
         """Routing shares, canary state, shadow comparisons, residency and evictions."""

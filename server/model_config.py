@@ -171,6 +171,11 @@ def validate(config: mc.ModelConfig, origin: str) -> None:
     scheduling = config.WhichOneof("scheduling_choice")
     if scheduling == "dynamic_batching":
         _validate_dynamic_batching(config, origin)
+    if config.response_cache.enable and config.model_transaction_policy.decoupled:
+        raise ConfigError(
+            f"{origin}: response cache does not currently support model '{config.name}' with a "
+            "decoupled transaction policy; remove response_cache { enable: true }"
+        )
     policy = config.version_policy.WhichOneof("policy_choice")
     if policy == "latest" and config.version_policy.latest.num_versions < 1:
         raise ConfigError(f"{origin}: 'version_policy.latest.num_versions' must be >= 1")

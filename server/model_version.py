@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,11 +15,15 @@ from nereid.proto import model_config_pb2 as mc
 from nereid.server.dynamic_batcher import DynamicBatcher
 from nereid.server.errors import Unavailable
 from nereid.server.model_config import TensorSpec, input_specs, output_specs
+from nereid.server.response_cache import cache_wanted
 from nereid.server.sequence_batcher import SequenceBatcher
 from nereid.server.sequence_config import SequenceSettings
 from nereid.server.stats import ModelStats
 from nereid.server.types import CoreHandle, InferRequest, Scheduler
 from nereid.server.validation import validate_request
+from nereid.server.warmup import warm_up
+
+_LOADS = itertools.count(1)
 
 
 @dataclass(eq=False)
@@ -34,6 +39,10 @@ class ModelVersion:
     inputs: dict[str, TensorSpec]
     outputs: dict[str, TensorSpec]
     stats: ModelStats = field(default_factory=ModelStats)
+    #: Whether requests use the server's response cache (the model enables it and can use it).
+    cached: bool = False
+    #: Unique per load: a reloaded version's cache entries are not the old files' (response cache key).
+    load_id: int = field(default_factory=lambda: next(_LOADS))
 
     @property
     def version_str(self) -> str:
@@ -102,24 +111,28 @@ def load_version(
     backend = registry.get(registry.resolve_name(config.backend, config.platform))
     context = ModelContext(name, version, config, model_dir, model_dir / str(version), core)
     model = backend.load_model(context)
+    inputs = {spec.name: spec for spec in input_specs(config, origin)}
+    outputs = {spec.name: spec for spec in output_specs(config, origin)}
     instances: list[ModelInstance] = []
     try:
         for instance_context in instance_contexts(config):
             instances.append(model.create_instance(instance_context))
+        # Before the scheduler exists, so before READY: a failing sample fails the load.
+        warm_up(name, version, config, model_dir, instances, inputs, outputs)
     except BaseException:
         for instance in instances:
             instance.finalize()
         model.finalize()
         raise
-    inputs = {spec.name: spec for spec in input_specs(config, origin)}
-    outputs = {spec.name: spec for spec in output_specs(config, origin)}
     stats = ModelStats()
     scheduler: Scheduler
     if sequence is not None:
         scheduler = SequenceBatcher(name, str(version), config, outputs, instances, stats, sequence)
     else:
         scheduler = DynamicBatcher(name, str(version), config, outputs, instances, stats)
-    return ModelVersion(name, version, config, model, instances, scheduler, inputs, outputs, stats)
+    # CoreHandle does not promise a cache: cores without one (tests, embedders) serve uncached.
+    cached = cache_wanted(config, name, getattr(core, "response_cache", None) is not None)
+    return ModelVersion(name, version, config, model, instances, scheduler, inputs, outputs, stats, cached)
 
 
 def _load_ensemble_version(
@@ -128,6 +141,7 @@ def _load_ensemble_version(
     """Ensemble hook: an :class:`EnsembleScheduler` in the Queue stage, no instances."""
     context = ModelContext(name, version, config, model_dir, model_dir / str(version), core)
     model, scheduler = load_ensemble(name, version, config, context, core)
+    cache_wanted(config, name, True)  # never cached at the top level; warns when enabled
     inputs = {spec.name: spec for spec in input_specs(config, str(model_dir))}
     outputs = {spec.name: spec for spec in output_specs(config, str(model_dir))}
     return ModelVersion(name, version, config, model, [], scheduler, inputs, outputs, scheduler.stats)

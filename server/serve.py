@@ -88,6 +88,7 @@ class NereidServer:
             settings.repository_poll_secs,
             settings.model_memory_budget,
             allow_client_shm=settings.allow_client_shm,
+            response_cache_bytes=settings.response_cache_bytes(),
         )
         self.core = InferenceCore(roots, options, settings.model_load_thread_count)
         self.http = HttpFrontend(self.core, settings.http_max_input_size)

@@ -106,6 +106,16 @@ class Settings:
             "evicts the least recently used idle model, which its next request loads again."
         ),
     )
+    cache_config: list[str] = field(
+        default_factory=list,
+        metadata=_help(
+            "Triton's response cache: local,size=BYTES (one LRU shared by the models whose config sets "
+            "response_cache { enable: true }); the variable separates values with ';'."
+        ),
+    )
+    response_cache_byte_size: int = field(
+        default=0, metadata=_help("Triton's deprecated spelling of --cache-config local,size=BYTES.")
+    )
     load_model: list[str] = field(
         default_factory=list,
         metadata=_help("Model to load at start-up in explicit mode ('*' for all); repeatable."),
@@ -226,7 +236,17 @@ class Settings:
         from nereid.server.tracing.manager import check_flags
 
         check_flags(self.trace_config)
+        self.response_cache_bytes()
         self.validate_security()
+
+    def response_cache_bytes(self) -> int:
+        """The response cache's size from ``--cache-config`` (0: none); raises ValueError."""
+        from nereid.server.response_cache import parse_cache_config
+
+        if self.response_cache_byte_size < 0:
+            raise ValueError("--response-cache-byte-size must be >= 0 bytes")
+        # As in Triton, the old flag is --cache-config local,size=N under the hood.
+        return parse_cache_config(self.cache_config) or self.response_cache_byte_size
 
     def validate_security(self) -> None:
         for name in ("http", "grpc"):
@@ -252,7 +272,10 @@ _LISTS = {
     "http_restricted_api": str,
     "grpc_restricted_protocol": str,
     "trace_config": str,
+    "cache_config": str,
 }
+# Variables of lists whose values hold commas themselves separate them with ";".
+_SEMICOLON_LISTS = ("http_restricted_api", "grpc_restricted_protocol", "cache_config")
 # Other spellings users bring from Triton and KServe runtimes.
 _ALIASES = {"--model-store": "--model-repository", "--model-dir": "--model-repository"}
 EPILOG = (
@@ -271,8 +294,7 @@ def _from_env(name: str, kind: Any) -> Any:
         return None
     try:
         if name in _LISTS:
-            # Restriction specs hold commas themselves, so their variables separate with ";".
-            return [kind(v) for v in raw.split(";" if "restricted" in name else ",") if v]
+            return [kind(v) for v in raw.split(";" if name in _SEMICOLON_LISTS else ",") if v]
         return kind(raw)
     except (ValueError, argparse.ArgumentTypeError) as exc:
         raise ValueError(f"{env_name(name)}={raw!r}: {exc}") from None

@@ -61,6 +61,9 @@ class ModelStats:
         self.compute_input = Duration()
         self.compute_infer = Duration()
         self.compute_output = Duration()
+        # Response cache: lookups that hit, and lookups plus insertions of misses (Triton's).
+        self.cache_hit = Duration()
+        self.cache_miss = Duration()
         self.inference_count = 0
         self.execution_count = 0
         self.last_inference_ms = 0
@@ -99,6 +102,11 @@ class ModelStats:
                 self.queue.add(queue_ns)
             self.last_inference_ms = time.time_ns() // 1_000_000
 
+    def record_cache(self, hit: bool, ns: int) -> None:
+        """One response-cache lookup; a hit is also a successful request (see record_request)."""
+        with self._lock:
+            (self.cache_hit if hit else self.cache_miss).add(ns)
+
     def change_pending(self, priority: int, delta: int) -> None:
         with self._lock:
             self.pending += delta
@@ -120,6 +128,8 @@ class ModelStats:
                     compute_input=self.compute_input.copy(),
                     compute_infer=self.compute_infer.copy(),
                     compute_output=self.compute_output.copy(),
+                    cache_hit=self.cache_hit.copy(),
+                    cache_miss=self.cache_miss.copy(),
                 ),
                 batch_stats=tuple(
                     BatchStatistics(

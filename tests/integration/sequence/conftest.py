@@ -34,6 +34,16 @@ ONNX_CONTROLS = """
   state [ { input_name: "ACC_IN" output_name: "ACC_OUT" data_type: TYPE_FP32 dims: [ 1 ] } ]
 """
 
+# Random INPUT and state on every instance at load: none of it may reach a sequence's state.
+WARMUP = """
+model_warmup [ { name: "acc" batch_size: 2 count: 3 inputs [
+  { key: "INPUT" value: { data_type: TYPE_FP32 dims: [ 1 ] random_data: true } },
+  { key: "ACC_IN" value: { data_type: TYPE_FP32 dims: [ 1 ] random_data: true } },
+  { key: "START" value: { data_type: TYPE_INT32 dims: [ 1 ] zero_data: true } },
+  { key: "CORRID" value: { data_type: TYPE_UINT64 dims: [ 1 ] zero_data: true } }
+] } ]
+"""
+
 
 def onnx_accumulator(root: Path, name: str, scheduling: str, count: int = 1, max_batch_size: int = 8) -> None:
     """OUTPUT = ACC_OUT = ACC_IN + INPUT; START_OUT and CORRID_OUT echo the control inputs."""
@@ -144,6 +154,9 @@ def sequence_server(module_repo, start_module_server):
     )
     with (root / "onnx_one_slot" / "config.pbtxt").open("a") as config:
         config.write('parameters { key: "max_sequence_backlog" value: { string_value: "1" } }\n')
+    onnx_accumulator(root, "onnx_warm", "direct { }", count=2)
+    with (root / "onnx_warm" / "config.pbtxt").open("a") as config:
+        config.write(WARMUP)
     python_model(root, "py_acc", PY_ACC_CONFIG, PY_ACC_MODEL)
     shutil.copytree(BENCH_MODEL, root / "bench_acc")
     (root / "bench_acc" / "config.pbtxt").write_text(
