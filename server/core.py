@@ -24,6 +24,7 @@ from nereid.server.errors import (
 from nereid.server.lifecycle import RepositoryPoller
 from nereid.server.model_version import ModelVersion
 from nereid.server.repository import ModelRepository
+from nereid.server.resource_limiter import ResourceLimiter
 from nereid.server.responses import ResponseStream, UnaryResponse
 from nereid.server.routing.router import Router
 from nereid.server.sequence_flags import sequence_flags
@@ -56,6 +57,8 @@ class CoreOptions:
     repository_poll_secs: float = 15.0
     #: Bytes all loaded models may take (0: no limit); see ModelRepository.memory_budget.
     model_memory_budget: int = 0
+    #: Triton's rate limiter over model instances (``--rate-limit execution_count``); None: off.
+    resource_limiter: ResourceLimiter | None = None
 
 
 class InferenceCore:
@@ -66,6 +69,7 @@ class InferenceCore:
         self.repository = ModelRepository(
             roots, core=self, load_threads=load_threads, memory_budget=self.options.model_memory_budget
         )
+        self.repository.resource_limiter = self.options.resource_limiter
         self.router = Router(self.repository, self._admit)
         self._poller: RepositoryPoller | None = None
         self._state = "INITIALIZING"

@@ -16,6 +16,7 @@ from nereid.backends.base import ModelInstance
 from nereid.proto import model_config_pb2 as mc
 from nereid.server.errors import Cancelled, InternalError, ServingError, as_serving_error
 from nereid.server.model_config import TensorSpec
+from nereid.server.resource_limiter import Ticket
 from nereid.server.stats import ExecutionRecord, ModelStats
 from nereid.server.tracing.stages import note_batch
 from nereid.server.types import InferRequest, InferResponse
@@ -45,6 +46,9 @@ class InstanceRunner:
         self.max_batch_size = config.max_batch_size
         self.stats = stats
         self._outputs = outputs
+        #: Rate-limiter tickets by instance index (``--rate-limit execution_count``); see
+        #: :mod:`nereid.server.resource_limiter`.
+        self.tickets: dict[int, Ticket] = {}
 
     def response(self, request: InferRequest, error: ServingError | None = None) -> InferResponse:
         return InferResponse(self.name, self.version, request.id, error=error)
@@ -66,6 +70,9 @@ class InstanceRunner:
                 live.append(request)
         if not live:
             return replies
+        ticket = self.tickets.get(instance.context.index)
+        if ticket is not None:
+            ticket.acquire()  # waits until the resources this instance needs are free
         timer = instance.timer
         timer.reset()
         start = time.perf_counter_ns()
@@ -80,6 +87,9 @@ class InstanceRunner:
                 extra={"model": self.name, "version": self.version, "request_id": live[0].id or None},
             )
             responses, error = None, as_serving_error(exc)
+        finally:
+            if ticket is not None:
+                ticket.release()
         timer.settle(time.perf_counter_ns() - start)
         rows = sum(r.batch_size for r in live) if self.max_batch_size > 0 else len(live)
         self.stats.record_execution(

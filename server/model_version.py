@@ -14,6 +14,7 @@ from nereid.proto import model_config_pb2 as mc
 from nereid.server.dynamic_batcher import DynamicBatcher
 from nereid.server.errors import Unavailable
 from nereid.server.model_config import TensorSpec, input_specs, output_specs
+from nereid.server.resource_limiter import ResourceLimiter, Ticket
 from nereid.server.sequence_batcher import SequenceBatcher
 from nereid.server.sequence_config import SequenceSettings
 from nereid.server.stats import ModelStats
@@ -34,6 +35,8 @@ class ModelVersion:
     inputs: dict[str, TensorSpec]
     outputs: dict[str, TensorSpec]
     stats: ModelStats = field(default_factory=ModelStats)
+    #: Rate-limiter tickets of the instances, handed back at unload.
+    limiter: ResourceLimiter | None = None
 
     @property
     def version_str(self) -> str:
@@ -59,7 +62,13 @@ class ModelVersion:
 
     async def unload(self) -> None:
         await self.scheduler.stop()
+        if self.limiter is not None:
+            self.limiter.unregister(self.scheduler_tickets())
         await asyncio.to_thread(self._finalize)
+
+    def scheduler_tickets(self) -> list[Ticket]:
+        runner = getattr(self.scheduler, "runner", None)
+        return list(runner.tickets.values()) if runner is not None else []
 
     def _finalize(self) -> None:
         for instance in self.instances:
@@ -90,7 +99,12 @@ def instance_contexts(config: mc.ModelConfig) -> list[InstanceContext]:
 
 
 def load_version(
-    name: str, version: int, config: mc.ModelConfig, model_dir: Path, core: CoreHandle | None
+    name: str,
+    version: int,
+    config: mc.ModelConfig,
+    model_dir: Path,
+    core: CoreHandle | None,
+    limiter: ResourceLimiter | None = None,
 ) -> ModelVersion:
     """Load one version synchronously (called on a loader thread); raises on failure."""
     if config.platform == "ensemble":  # Ensemble hook: steps run through the core, no backend.
@@ -99,17 +113,26 @@ def load_version(
     sequence = None
     if config.WhichOneof("scheduling_choice") == "sequence_batching":
         sequence = SequenceSettings.from_config(config, model_dir, origin)
+    contexts = instance_contexts(config)
+    tickets = limiter.register(config, contexts, origin) if limiter is not None else {}
     backend = registry.get(registry.resolve_name(config.backend, config.platform))
     context = ModelContext(name, version, config, model_dir, model_dir / str(version), core)
-    model = backend.load_model(context)
+    try:
+        model = backend.load_model(context)
+    except BaseException:
+        if limiter is not None:
+            limiter.unregister(tickets.values())
+        raise
     instances: list[ModelInstance] = []
     try:
-        for instance_context in instance_contexts(config):
+        for instance_context in contexts:
             instances.append(model.create_instance(instance_context))
     except BaseException:
         for instance in instances:
             instance.finalize()
         model.finalize()
+        if limiter is not None:
+            limiter.unregister(tickets.values())
         raise
     inputs = {spec.name: spec for spec in input_specs(config, origin)}
     outputs = {spec.name: spec for spec in output_specs(config, origin)}
@@ -119,7 +142,8 @@ def load_version(
         scheduler = SequenceBatcher(name, str(version), config, outputs, instances, stats, sequence)
     else:
         scheduler = DynamicBatcher(name, str(version), config, outputs, instances, stats)
-    return ModelVersion(name, version, config, model, instances, scheduler, inputs, outputs, stats)
+    scheduler.runner.tickets = tickets
+    return ModelVersion(name, version, config, model, instances, scheduler, inputs, outputs, stats, limiter)
 
 
 def _load_ensemble_version(

@@ -35,6 +35,7 @@ from nereid.server.http.server import HttpListener
 from nereid.server.metrics import MetricsApp, build_registry
 from nereid.server.openai.app import OpenAIFrontend
 from nereid.server.ratelimit import RateLimitCollector, RateLimiter, RateLimits
+from nereid.server.resource_limiter import resource_limiter
 from nereid.server.settings import Settings, parse_settings
 from nereid.server.status.page import StatusPage
 from nereid.server.tracing import TraceManager
@@ -87,6 +88,7 @@ class NereidServer:
             settings.model_control_mode,
             settings.repository_poll_secs,
             settings.model_memory_budget,
+            resource_limiter(settings.rate_limit, settings.rate_limit_resource),
         )
         self.core = InferenceCore(roots, options, settings.model_load_thread_count)
         self.http = HttpFrontend(self.core, settings.http_max_input_size)
