@@ -14,8 +14,9 @@ from collections.abc import Callable
 
 from nereid.backends.base import ModelInstance
 from nereid.proto import model_config_pb2 as mc
-from nereid.server.errors import Cancelled, InternalError, ServingError, as_serving_error
+from nereid.server.errors import Cancelled, InternalError, InvalidArgument, ServingError, as_serving_error
 from nereid.server.model_config import TensorSpec
+from nereid.server.reshape import Reshaper
 from nereid.server.resource_limiter import Ticket
 from nereid.server.stats import ExecutionRecord, ModelStats
 from nereid.server.tracing.stages import note_batch
@@ -49,6 +50,7 @@ class InstanceRunner:
         #: Rate-limiter tickets by instance index (``--rate-limit execution_count``); see
         #: :mod:`nereid.server.resource_limiter`.
         self.tickets: dict[int, Ticket] = {}
+        self.reshaper = Reshaper(config, name)
 
     def response(self, request: InferRequest, error: ServingError | None = None) -> InferResponse:
         return InferResponse(self.name, self.version, request.id, error=error)
@@ -66,8 +68,13 @@ class InstanceRunner:
         for request in requests:
             if request.sender is not None and request.sender.cancelled:
                 replies.append((request, self.response(request, Cancelled("request was cancelled"))))
-            else:
-                live.append(request)
+                continue
+            try:
+                self.reshaper.to_backend(request)
+            except InvalidArgument as exc:
+                replies.append((request, self.response(request, exc)))
+                continue
+            live.append(request)
         if not live:
             return replies
         ticket = self.tickets.get(instance.context.index)
@@ -118,6 +125,7 @@ class InstanceRunner:
 
     def finish_outputs(self, request: InferRequest, response: InferResponse) -> None:
         """Check outputs against the config and keep only those the client asked for."""
+        self.reshaper.to_client(self.name, response)
         for tensor in response.outputs:
             spec = self._outputs.get(tensor.name)
             if spec is None:
