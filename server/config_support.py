@@ -131,7 +131,9 @@ TABLE: dict[str, Rule] = {
         "TensorRT provider options", _ONNX
     ),
     "optimization.execution_accelerators.cpu_execution_accelerator": _hint("CPU accelerators (OpenVINO)"),
-    "optimization.execution_accelerators.cpu_execution_accelerator.name": _hint("CPU accelerators (OpenVINO)"),
+    "optimization.execution_accelerators.cpu_execution_accelerator.name": _hint(
+        "CPU accelerators (OpenVINO)"
+    ),
     "optimization.execution_accelerators.cpu_execution_accelerator.parameters": _hint(
         "CPU accelerators (OpenVINO)"
     ),

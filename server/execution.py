@@ -14,13 +14,15 @@ from collections.abc import Callable
 
 from nereid.backends.base import ModelInstance
 from nereid.proto import model_config_pb2 as mc
+from nereid.server.classification import PARAMETER as CLASSIFICATION
+from nereid.server.classification import classify
 from nereid.server.errors import Cancelled, InternalError, InvalidArgument, ServingError, as_serving_error
 from nereid.server.model_config import TensorSpec
 from nereid.server.reshape import Reshaper
 from nereid.server.resource_limiter import Ticket
 from nereid.server.stats import ExecutionRecord, ModelStats
 from nereid.server.tracing.stages import note_batch
-from nereid.server.types import InferRequest, InferResponse
+from nereid.server.types import InferRequest, InferResponse, RequestedOutput, Tensor
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +53,8 @@ class InstanceRunner:
         #: :mod:`nereid.server.resource_limiter`.
         self.tickets: dict[int, Ticket] = {}
         self.reshaper = Reshaper(config, name)
+        #: Class labels by output (``label_filename``), for the classification extension.
+        self.labels: dict[str, list[str]] = {}
 
     def response(self, request: InferRequest, error: ServingError | None = None) -> InferResponse:
         return InferResponse(self.name, self.version, request.id, error=error)
@@ -140,8 +144,16 @@ class InstanceRunner:
         if response.error is not None:
             response.outputs = []
         elif request.outputs:
-            wanted = {o.name for o in request.outputs}
-            response.outputs = [t for t in response.outputs if t.name in wanted]
+            wanted = {o.name: o for o in request.outputs}
+            response.outputs = [
+                self._classified(t, wanted[t.name]) for t in response.outputs if t.name in wanted
+            ]
+
+    def _classified(self, tensor: Tensor, requested: RequestedOutput) -> Tensor:
+        count = requested.parameters.get(CLASSIFICATION) if requested.parameters else None
+        if count is None:
+            return tensor
+        return classify(tensor, count, self.labels.get(tensor.name, []), self.max_batch_size > 0)
 
 
 def deliver(replies: list[Reply]) -> None:

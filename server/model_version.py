@@ -11,9 +11,12 @@ from nereid.backends import registry
 from nereid.backends.base import InstanceContext, Model, ModelContext, ModelInstance
 from nereid.ensembles import EnsembleScheduler, load_ensemble
 from nereid.proto import model_config_pb2 as mc
+from nereid.server.classification import PARAMETER as CLASSIFICATION
+from nereid.server.classification import load_labels
 from nereid.server.dynamic_batcher import DynamicBatcher
-from nereid.server.errors import Unavailable
+from nereid.server.errors import InvalidArgument, Unavailable
 from nereid.server.model_config import TensorSpec, input_specs, output_specs
+from nereid.server.reshape import Reshaper
 from nereid.server.resource_limiter import ResourceLimiter, Ticket
 from nereid.server.sequence_batcher import SequenceBatcher
 from nereid.server.sequence_config import SequenceSettings
@@ -59,6 +62,14 @@ class ModelVersion:
 
     def validate(self, request: InferRequest) -> None:
         validate_request(request, self.name, self.inputs, self.outputs, self.config.max_batch_size)
+        if self.decoupled or isinstance(self.scheduler, EnsembleScheduler):
+            # Their responses bypass the instance runner, where classification happens.
+            for output in request.outputs:
+                if CLASSIFICATION in output.parameters:
+                    kind = "decoupled" if self.decoupled else "ensemble"
+                    raise InvalidArgument(
+                        f"output '{output.name}': classification is not supported on {kind} model '{self.name}'"
+                    )
 
     async def unload(self) -> None:
         await self.scheduler.stop()
@@ -114,6 +125,8 @@ def load_version(
     if config.WhichOneof("scheduling_choice") == "sequence_batching":
         sequence = SequenceSettings.from_config(config, model_dir, origin)
     contexts = instance_contexts(config)
+    labels = load_labels(config, model_dir, origin)
+    Reshaper(config, origin)  # a bad reshape fails here, before anything is loaded
     tickets = limiter.register(config, contexts, origin) if limiter is not None else {}
     backend = registry.get(registry.resolve_name(config.backend, config.platform))
     context = ModelContext(name, version, config, model_dir, model_dir / str(version), core)
@@ -143,6 +156,7 @@ def load_version(
     else:
         scheduler = DynamicBatcher(name, str(version), config, outputs, instances, stats)
     scheduler.runner.tickets = tickets
+    scheduler.runner.labels = labels
     return ModelVersion(name, version, config, model, instances, scheduler, inputs, outputs, stats, limiter)
 
 

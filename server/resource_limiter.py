@@ -87,7 +87,9 @@ class ResourceLimiter:
         self._clock = 0  # the pass of the last granted turn; a new waiter starts there
         self._order = itertools.count()
 
-    def register(self, config: mc.ModelConfig, contexts: list[InstanceContext], origin: str) -> dict[int, Ticket]:
+    def register(
+        self, config: mc.ModelConfig, contexts: list[InstanceContext], origin: str
+    ) -> dict[int, Ticket]:
         """Tickets by instance index for a model version's instances; ConfigError on a bad
         ``rate_limiter`` (empty or repeated names, a name both global and per device, more
         copies than the server declares)."""
@@ -98,7 +100,9 @@ class ResourceLimiter:
                 index, group = groups[context.name]
                 if not group.HasField("rate_limiter"):
                     continue
-                needs = self._needs(group.rate_limiter, context.device_id, f"{origin}: instance_group[{index}]")
+                needs = self._needs(
+                    group.rate_limiter, context.device_id, f"{origin}: instance_group[{index}]"
+                )
                 tickets[context.index] = Ticket(self, needs, max(1, group.rate_limiter.priority))
             self._tickets.update(tickets.values())
         return tickets
