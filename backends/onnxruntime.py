@@ -19,6 +19,7 @@ import onnxruntime as ort
 from nereid.backends.base import Backend, InstanceContext, Model, ModelContext, ModelInstance
 from nereid.backends.batching import BatchLoop, Fetched
 from nereid.proto import model_config_pb2 as mc
+from nereid.server.batch_inputs import BatchInputs
 from nereid.server.datatypes import api_to_config
 from nereid.server.errors import InvalidArgument, Unavailable
 from nereid.server.types import InferRequest, InferResponse
@@ -157,15 +158,18 @@ class OnnxInstance(ModelInstance):
             self.datatypes[output.name] = _ORT_TYPES.get(
                 next((o.type for o in session.get_outputs() if o.name == output.name), ""), "FP32"
             )
+        # Ragged inputs are concatenated flat and batch inputs added (``batch_input``).
+        extras = BatchInputs(config, "onnxruntime", model.context.name)
         self.loop: BatchLoop[dict[str, np.ndarray], list[np.ndarray]] = BatchLoop(
             model=model.context.name,
             framework="ONNX Runtime",
             batched=config.max_batch_size > 0,
             timer=self.timer,
             prepare=_to_ort_inputs,
-            bind=lambda call, feed: feed,
+            bind=extras.complete if extras else lambda call, feed: feed,
             run=self._run,
             fetch=self._fetch,
+            ragged=extras.ragged,
         )
 
     def execute(self, requests: list[InferRequest]) -> list[InferResponse]:

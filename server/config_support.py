@@ -64,6 +64,7 @@ _QUEUE_POLICY = {
     "max_queue_size": _ok(),
 }
 _ACCELERATOR_NOTE = "onnxruntime adds the TensorRT execution provider for name 'tensorrt'"
+_BATCH_INPUT_NOTE = "onnxruntime; other backends fail the load"
 _GRAPH_SPEC_NOTE = "CUDA graphs are an optimisation; no backend captures them"
 
 #: Every ModelConfig field path -> what Nereid does with it.
@@ -87,7 +88,7 @@ TABLE: dict[str, Rule] = {
     "input.reshape": _ok(),
     "input.reshape.shape": _ok("the backend receives this shape (batch dimension kept)"),
     "input.is_shape_tensor": _no("TensorRT shape tensors"),
-    "input.allow_ragged_batch": _no("ragged batching"),
+    "input.allow_ragged_batch": _ok("onnxruntime and python; other backends fail the load"),
     "input.optional": _ok(),
     "input.is_non_linear_format_io": _no("TensorRT non-linear I/O formats"),
     "output": _ok(),
@@ -99,11 +100,11 @@ TABLE: dict[str, Rule] = {
     "output.label_filename": _ok("labels of the classification extension, inside the model folder"),
     "output.is_shape_tensor": _no("TensorRT shape tensors"),
     "output.is_non_linear_format_io": _no("TensorRT non-linear I/O formats"),
-    "batch_input": _no("batch inputs (ragged batching)"),
-    "batch_input.kind": _no("batch inputs (ragged batching)"),
-    "batch_input.target_name": _no("batch inputs (ragged batching)"),
-    "batch_input.data_type": _no("batch inputs (ragged batching)"),
-    "batch_input.source_input": _no("batch inputs (ragged batching)"),
+    "batch_input": _ok(_BATCH_INPUT_NOTE),
+    "batch_input.kind": _ok("the element-count kinds; BATCH_ITEM_SHAPE(_FLATTEN) fail the load"),
+    "batch_input.target_name": _ok(_BATCH_INPUT_NOTE),
+    "batch_input.data_type": _ok("TYPE_INT32 or TYPE_FP32"),
+    "batch_input.source_input": _ok(_BATCH_INPUT_NOTE),
     "batch_output": _no("batch outputs (ragged batching)"),
     "batch_output.target_name": _no("batch outputs (ragged batching)"),
     "batch_output.kind": _no("batch outputs (ragged batching)"),

@@ -16,6 +16,7 @@ import threading
 
 from nereid.backends.base import ModelInstance
 from nereid.proto import model_config_pb2 as mc
+from nereid.server.batch_inputs import ragged_inputs
 from nereid.server.errors import Unavailable
 from nereid.server.execution import InstanceRunner, deliver
 from nereid.server.model_config import TensorSpec
@@ -47,7 +48,7 @@ class DynamicBatcher:
         self.max_rows = config.max_batch_size if batching else 0
         self.delay_ns = batching.max_queue_delay_microseconds * 1000 if batching else 0
         self.preferred = frozenset(batching.preferred_batch_size) if batching else frozenset()
-        self.queue = RequestQueue(batching, stats)
+        self.queue = RequestQueue(batching, stats, ragged_inputs(config))
         self.stats = stats
         self.runner = InstanceRunner(name, version, config, outputs, stats)
         self._instances = instances

@@ -11,6 +11,7 @@ from nereid.backends import registry
 from nereid.backends.base import InstanceContext, Model, ModelContext, ModelInstance
 from nereid.ensembles import EnsembleScheduler, load_ensemble
 from nereid.proto import model_config_pb2 as mc
+from nereid.server.batch_inputs import BatchInputs
 from nereid.server.classification import PARAMETER as CLASSIFICATION
 from nereid.server.classification import load_labels
 from nereid.server.dynamic_batcher import DynamicBatcher
@@ -126,9 +127,12 @@ def load_version(
         sequence = SequenceSettings.from_config(config, model_dir, origin)
     contexts = instance_contexts(config)
     labels = load_labels(config, model_dir, origin)
-    Reshaper(config, origin)  # a bad reshape fails here, before anything is loaded
+    backend_name = registry.resolve_name(config.backend, config.platform)
+    # Bad reshapes, batch inputs and ragged inputs fail here, before anything is loaded.
+    Reshaper(config, origin)
+    BatchInputs(config, backend_name, origin)
     tickets = limiter.register(config, contexts, origin) if limiter is not None else {}
-    backend = registry.get(registry.resolve_name(config.backend, config.platform))
+    backend = registry.get(backend_name)
     context = ModelContext(name, version, config, model_dir, model_dir / str(version), core)
     try:
         model = backend.load_model(context)
