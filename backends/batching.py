@@ -133,6 +133,7 @@ class BatchLoop(Generic[Bound, Result]):
         fetch: Callable[[Result, list[InferRequest]], Fetched],
         prepare: Callable[[InferRequest], None] | None = None,
         ragged: frozenset[str] = frozenset(),
+        split: Callable[[str, np.ndarray, list[InferRequest]], list[np.ndarray] | None] | None = None,
     ) -> None:
         self.model = model
         self.framework = framework
@@ -144,6 +145,8 @@ class BatchLoop(Generic[Bound, Result]):
         self.prepare = prepare
         #: Ragged inputs: grouped whatever their shapes, left out of the merge for ``bind``.
         self.ragged = ragged
+        #: Splits an output its own way (batch outputs), or returns None for the row split.
+        self.split = split
 
     def execute(self, requests: list[InferRequest]) -> list[InferResponse]:
         """One response per request, in order; failures follow the policy in the class docstring."""
@@ -187,6 +190,10 @@ class BatchLoop(Generic[Bound, Result]):
         sizes = batch_sizes(call) if self.batched else [1]
         parts: dict[str, list[np.ndarray]] = {}
         for name, (_, array) in arrays.items():
+            own = self.split(name, array, call) if self.split is not None else None
+            if own is not None:
+                parts[name] = own
+                continue
             if self.batched and (array.ndim == 0 or array.shape[0] != sum(sizes)):
                 raise InternalError(
                     f"model '{self.model}': output '{name}' has shape {list(array.shape)}, but a batched "

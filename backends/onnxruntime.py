@@ -170,6 +170,7 @@ class OnnxInstance(ModelInstance):
             run=self._run,
             fetch=self._fetch,
             ragged=extras.ragged,
+            split=extras.split if extras.scatter else None,
         )
 
     def execute(self, requests: list[InferRequest]) -> list[InferResponse]:

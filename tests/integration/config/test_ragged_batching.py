@@ -22,15 +22,21 @@ batch_input [
   { kind: BATCH_ACCUMULATED_ELEMENT_COUNT target_name: "ACC" data_type: TYPE_INT32 source_input: "INPUT" },
   { kind: BATCH_ACCUMULATED_ELEMENT_COUNT_WITH_ZERO target_name: "ACC0" data_type: TYPE_INT32
     source_input: "INPUT" },
-  { kind: BATCH_MAX_ELEMENT_COUNT_AS_SHAPE target_name: "MAXS" data_type: TYPE_INT32 source_input: "INPUT" }
+  { kind: BATCH_MAX_ELEMENT_COUNT_AS_SHAPE target_name: "MAXS" data_type: TYPE_INT32 source_input: "INPUT" },
+  { kind: BATCH_ITEM_SHAPE target_name: "ITEM" data_type: TYPE_INT32 source_input: "INPUT" },
+  { kind: BATCH_ITEM_SHAPE_FLATTEN target_name: "FLAT" data_type: TYPE_FP32 source_input: "INPUT" }
 ]
+batch_output [ { kind: BATCH_SCATTER_WITH_INPUT_SHAPE target_name: "DOUBLED" source_input: "INPUT" } ]
 """
 OUTPUTS = {
     "COUNT_OUT": "INT32",
     "ACC_OUT": "INT32",
     "ACC0_HEAD": "INT32",
     "ACC0_TAIL": "INT32",
+    "ITEM_OUT": "INT32",
     "MAX_OUT": "INT64",
+    "FLAT_OUT": "FP32",
+    "TOTAL": "FP32",
 }
 
 
@@ -53,18 +59,23 @@ def _onnx_model() -> onnx.ModelProto:
         helper.make_node("Expand", ["longest", "rows"], ["MAX_OUT"]),
         helper.make_node("ReduceSum", ["INPUT"], ["total"], keepdims=1),
         helper.make_node("Expand", ["total", "rows"], ["TOTAL"]),
+        helper.make_node("Identity", ["ITEM"], ["ITEM_OUT"]),
+        helper.make_node("Unsqueeze", ["FLAT", "one"], ["FLAT_OUT"]),
+        helper.make_node("Add", ["INPUT", "INPUT"], ["DOUBLED"]),
     ]
     ints = {name: TensorProto.INT32 for name in ("COUNT", "ACC", "ACC0", "MAXS")}
+    types = {"INT32": TensorProto.INT32, "INT64": TensorProto.INT64, "FP32": TensorProto.FLOAT}
     graph = helper.make_graph(
         nodes,
         "ragged",
         [helper.make_tensor_value_info("INPUT", TensorProto.FLOAT, ["total"])]
-        + [helper.make_tensor_value_info(n, t, [n.lower()]) for n, t in ints.items()],
-        [helper.make_tensor_value_info(n, TensorProto.INT32, ["n", 1]) for n in list(OUTPUTS)[:4]]
+        + [helper.make_tensor_value_info(n, t, [n.lower()]) for n, t in ints.items()]
         + [
-            helper.make_tensor_value_info("MAX_OUT", TensorProto.INT64, ["n", 1]),
-            helper.make_tensor_value_info("TOTAL", TensorProto.FLOAT, ["n", 1]),
+            helper.make_tensor_value_info("ITEM", TensorProto.INT32, ["rows", 1]),
+            helper.make_tensor_value_info("FLAT", TensorProto.FLOAT, ["rows"]),
         ],
+        [helper.make_tensor_value_info(n, types[t], ["n", 1]) for n, t in OUTPUTS.items()]
+        + [helper.make_tensor_value_info("DOUBLED", TensorProto.FLOAT, ["total"])],
         initializer=const,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
@@ -102,7 +113,7 @@ def server(module_repo, start_module_server):
             platform: "onnxruntime_onnx"
             max_batch_size: 8
             input [ {{ name: "INPUT" data_type: TYPE_FP32 dims: [ -1 ] allow_ragged_batch: true }} ]
-            output [ {outputs}, {{ name: "TOTAL" data_type: TYPE_FP32 dims: [ 1 ] }} ]
+            output [ {outputs}, {{ name: "DOUBLED" data_type: TYPE_FP32 dims: [ -1 ] }} ]
             dynamic_batching {{ preferred_batch_size: [ 3 ] max_queue_delay_microseconds: 2000000 }}
             """
         )
@@ -166,6 +177,9 @@ def test_onnx_gets_flat_ragged_input_and_element_counts(server, transport: str) 
         assert outputs["ACC0_TAIL"].tolist() == outputs["ACC_OUT"].tolist()
         assert outputs["MAX_OUT"].tolist() == [[5]]  # all three ran in one batch
         assert outputs["TOTAL"].tolist() == [[3 * 3 + 4 * 4 + 5 * 5]]
+        assert outputs["ITEM_OUT"].tolist() == [[length]]
+        assert outputs["FLAT_OUT"].tolist() == [[float(length)]]
+        assert outputs["DOUBLED"].tolist() == [[2.0 * length] * length]  # scattered in INPUT's shape
 
 
 @pytest.mark.parametrize("transport", CLIENTS)
@@ -186,8 +200,8 @@ def test_python_runs_ragged_requests_together(server, transport: str) -> None:
         ),
         (
             'platform: "onnxruntime_onnx"\nmax_batch_size: 4\ninput [ { name: "INPUT" data_type: TYPE_FP32 dims: [ -1 ] } ]\n'
-            'batch_input [ { kind: BATCH_ITEM_SHAPE target_name: "N" data_type: TYPE_INT32 source_input: "INPUT" } ]',
-            "batch_input[0]: kind BATCH_ITEM_SHAPE is not supported by Nereid",
+            'batch_input [ { kind: BATCH_ITEM_SHAPE target_name: "INPUT" data_type: TYPE_INT32 source_input: "INPUT" } ]',
+            "target_name 'INPUT' is also a model input",
         ),
         (
             'platform: "onnxruntime_onnx"\nmax_batch_size: 4\ninput [ { name: "INPUT" data_type: TYPE_FP32 dims: [ -1 ] } ]\n'
@@ -197,7 +211,7 @@ def test_python_runs_ragged_requests_together(server, transport: str) -> None:
         (
             'platform: "onnxruntime_onnx"\nmax_batch_size: 4\ninput [ { name: "INPUT" data_type: TYPE_FP32 dims: [ -1 ] } ]\n'
             'batch_output [ { kind: BATCH_SCATTER_WITH_INPUT_SHAPE target_name: "O" source_input: "INPUT" } ]',
-            "field 'batch_output",
+            "batch_output[0]: target_name 'O' is not a model output",
         ),
     ],
 )
