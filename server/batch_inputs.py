@@ -99,6 +99,7 @@ class BatchInputs:
                 feed[name] = np.concatenate(parts) if len(parts) > 1 else parts[0]
         for target, kind, source, dtype in self.entries:
             counts = [math.prod(t.shape) if (t := r.input(source)) is not None else 0 for r in call]
+            values: np.ndarray
             if kind == Kind.BATCH_ELEMENT_COUNT:
                 values = np.array(counts, dtype=dtype)
             elif kind == Kind.BATCH_ACCUMULATED_ELEMENT_COUNT:

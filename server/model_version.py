@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,8 @@ from nereid.server.sequence_config import SequenceSettings
 from nereid.server.stats import ModelStats
 from nereid.server.types import CoreHandle, InferRequest, Scheduler
 from nereid.server.validation import validate_request
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(eq=False)
@@ -132,6 +135,8 @@ def load_version(
     Reshaper(config, origin)
     BatchInputs(config, backend_name, origin)
     tickets = limiter.register(config, contexts, origin) if limiter is not None else {}
+    if limiter is None and any(group.HasField("rate_limiter") for group in config.instance_group):
+        log.warning("%s: 'instance_group.rate_limiter' is not acted on while --rate-limit is off", origin)
     backend = registry.get(backend_name)
     context = ModelContext(name, version, config, model_dir, model_dir / str(version), core)
     try:

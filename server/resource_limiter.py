@@ -132,8 +132,8 @@ class ResourceLimiter:
                     "(--rate-limit-resource)"
                 )
             needs[key] = resource.count
-        for name, device in needs:
-            self._global[name] = device is None
+        for key in needs:
+            self._global[key[0]] = key[1] is None
         return needs
 
     def _capacity(self, key: Key) -> int:

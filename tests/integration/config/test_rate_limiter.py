@@ -79,13 +79,17 @@ def _overlaps(spans: list[tuple[float, float]]) -> bool:
 
 
 @pytest.mark.parametrize("mode", ["execution_count", "off"])
-def test_a_shared_global_resource_serialises_two_models(tmp_path: Path, start_server, mode: str) -> None:
+def test_a_shared_global_resource_serialises_two_models(
+    tmp_path: Path, start_server, mode: str, caplog: pytest.LogCaptureFixture
+) -> None:
     for name in ("a", "b"):
         _write(tmp_path, name, SHARED)
     running = start_server(tmp_path, rate_limit=mode)
     spans = _spans(running.http_url)
     assert len(spans) == 4
     assert _overlaps(spans) is (mode == "off"), spans
+    # Off, the rate_limiter config is ignored as in Triton, but not silently.
+    assert ("not acted on while --rate-limit is off" in caplog.text) is (mode == "off")
 
 
 @pytest.mark.parametrize(
