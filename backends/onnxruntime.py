@@ -10,6 +10,7 @@ provider is added by ``optimization { execution_accelerators { gpu_execution_acc
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,8 @@ from nereid.server.batch_inputs import BatchInputs
 from nereid.server.datatypes import api_to_config
 from nereid.server.errors import InvalidArgument, Unavailable
 from nereid.server.types import InferRequest, InferResponse
+
+log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BATCH_SIZE = 4  # Triton's --backend-config=default-max-batch-size
 
@@ -107,6 +110,13 @@ class OnnxModel(Model):
     def __init__(self, context: ModelContext, path: Path) -> None:
         super().__init__(context)
         self.path = path
+        for accelerator in self.config.optimization.execution_accelerators.gpu_execution_accelerator:
+            if accelerator.name != "tensorrt":  # the one Nereid adds (see server/config_support.py)
+                log.warning(
+                    "model '%s': gpu_execution_accelerator '%s' is not acted on (only 'tensorrt' is)",
+                    context.name,
+                    accelerator.name,
+                )
 
     def session_options(self) -> ort.SessionOptions:
         options = ort.SessionOptions()

@@ -164,7 +164,9 @@ TABLE: dict[str, Rule] = {
     "sequence_batching.oldest.max_candidate_sequences": _ok(),
     "sequence_batching.oldest.preferred_batch_size": _ok(),
     "sequence_batching.oldest.max_queue_delay_microseconds": _ok(),
-    "sequence_batching.oldest.preserve_ordering": _ok("one sequence's requests run in order"),
+    "sequence_batching.oldest.preserve_ordering": _hint(
+        "a sequence's own requests still run in order; across sequences, responses may finish out of order"
+    ),
     "sequence_batching.max_sequence_idle_microseconds": _ok(),
     "sequence_batching.control_input": _ok(),
     "sequence_batching.control_input.name": _ok(),
