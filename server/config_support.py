@@ -147,9 +147,7 @@ TABLE: dict[str, Rule] = {
     "dynamic_batching": _ok(),
     "dynamic_batching.preferred_batch_size": _ok(),
     "dynamic_batching.max_queue_delay_microseconds": _ok(),
-    "dynamic_batching.preserve_ordering": _hint(
-        "each request still gets its own response; with several instances they may finish out of order"
-    ),
+    "dynamic_batching.preserve_ordering": _ok("not for decoupled models, as in Triton"),
     "dynamic_batching.priority_levels": _ok(),
     "dynamic_batching.default_priority_level": _ok(),
     "dynamic_batching.default_queue_policy": _ok(),
