@@ -115,3 +115,19 @@ def test_a_missing_label_file_fails_the_load(tmp_path: Path, start_server) -> No
         with pytest.raises(InferenceServerException) as info:
             module.InferenceServerClient(getattr(running, attr)).load_model("mlp_classifier")
         assert "output[0].label_filename 'labels.txt'" in str(info.value)
+
+
+def test_json_clients_get_the_classes_as_strings(server) -> None:
+    status, payload = _http_post(
+        server,
+        {
+            "model": "mlp_classifier",
+            "inputs": [{"name": "features", "shape": [1, 4], "datatype": "FP32", "data": FEATURES[0].tolist()}],
+            "outputs": [{"name": "probabilities", "parameters": {"classification": 1}}],
+        },
+    )
+    assert status == 200, payload
+    (output,) = payload["outputs"]
+    assert output["datatype"] == "BYTES" and output["shape"] == [1, 1]
+    value, index, label = output["data"][0].split(":")
+    assert LABELS[int(index)] == label and 0.0 < float(value) <= 1.0
