@@ -19,7 +19,7 @@ from nereid.server.dynamic_batcher import DynamicBatcher
 from nereid.server.errors import InvalidArgument, Unavailable
 from nereid.server.model_config import TensorSpec, input_specs, output_specs
 from nereid.server.reshape import Reshaper
-from nereid.server.resource_limiter import ResourceLimiter, Ticket
+from nereid.server.resource_limiter import ResourceLimiter, Ticket, hand_back
 from nereid.server.sequence_batcher import SequenceBatcher
 from nereid.server.sequence_config import SequenceSettings
 from nereid.server.stats import ModelStats
@@ -43,7 +43,7 @@ class ModelVersion:
     outputs: dict[str, TensorSpec]
     stats: ModelStats = field(default_factory=ModelStats)
     #: Rate-limiter tickets of the instances, handed back at unload.
-    limiter: ResourceLimiter | None = None
+    tickets: list[Ticket] = field(default_factory=list)
 
     @property
     def version_str(self) -> str:
@@ -77,13 +77,8 @@ class ModelVersion:
 
     async def unload(self) -> None:
         await self.scheduler.stop()
-        if self.limiter is not None:
-            self.limiter.unregister(self.scheduler_tickets())
+        hand_back(self.tickets)
         await asyncio.to_thread(self._finalize)
-
-    def scheduler_tickets(self) -> list[Ticket]:
-        runner = getattr(self.scheduler, "runner", None)
-        return list(runner.tickets.values()) if runner is not None else []
 
     def _finalize(self) -> None:
         for instance in self.instances:
@@ -137,24 +132,12 @@ def load_version(
     tickets = limiter.register(config, contexts, origin) if limiter is not None else {}
     if limiter is None and any(group.HasField("rate_limiter") for group in config.instance_group):
         log.warning("%s: 'instance_group.rate_limiter' is not acted on while --rate-limit is off", origin)
-    backend = registry.get(backend_name)
     context = ModelContext(name, version, config, model_dir, model_dir / str(version), core)
     try:
-        model = backend.load_model(context)
+        model = registry.get(backend_name).load_model(context)
+        instances = _create_instances(model, contexts)
     except BaseException:
-        if limiter is not None:
-            limiter.unregister(tickets.values())
-        raise
-    instances: list[ModelInstance] = []
-    try:
-        for instance_context in contexts:
-            instances.append(model.create_instance(instance_context))
-    except BaseException:
-        for instance in instances:
-            instance.finalize()
-        model.finalize()
-        if limiter is not None:
-            limiter.unregister(tickets.values())
+        hand_back(list(tickets.values()))
         raise
     inputs = {spec.name: spec for spec in input_specs(config, origin)}
     outputs = {spec.name: spec for spec in output_specs(config, origin)}
@@ -166,7 +149,23 @@ def load_version(
         scheduler = DynamicBatcher(name, str(version), config, outputs, instances, stats)
     scheduler.runner.tickets = tickets
     scheduler.runner.labels = labels
-    return ModelVersion(name, version, config, model, instances, scheduler, inputs, outputs, stats, limiter)
+    return ModelVersion(
+        name, version, config, model, instances, scheduler, inputs, outputs, stats, list(tickets.values())
+    )
+
+
+def _create_instances(model: Model, contexts: list[InstanceContext]) -> list[ModelInstance]:
+    """Every instance, or none: a failure finalizes those made so far and the model."""
+    instances: list[ModelInstance] = []
+    try:
+        for context in contexts:
+            instances.append(model.create_instance(context))
+    except BaseException:
+        for instance in instances:
+            instance.finalize()
+        model.finalize()
+        raise
+    return instances
 
 
 def _load_ensemble_version(

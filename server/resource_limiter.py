@@ -55,6 +55,12 @@ def resource_limiter(mode: str, specs: Iterable[str]) -> ResourceLimiter | None:
     return ResourceLimiter(declared) if mode == "execution_count" else None
 
 
+def hand_back(tickets: list[Ticket]) -> None:
+    """Hand back a model version's tickets (at unload, or when its load fails)."""
+    if tickets:
+        tickets[0].limiter.unregister(tickets)
+
+
 @dataclass(eq=False)
 class Ticket:
     """One instance's resource needs; ``acquire``/``release`` around each execution."""
