@@ -122,7 +122,9 @@ def test_json_clients_get_the_classes_as_strings(server) -> None:
         server,
         {
             "model": "mlp_classifier",
-            "inputs": [{"name": "features", "shape": [1, 4], "datatype": "FP32", "data": FEATURES[0].tolist()}],
+            "inputs": [
+                {"name": "features", "shape": [1, 4], "datatype": "FP32", "data": FEATURES[0].tolist()}
+            ],
             "outputs": [{"name": "probabilities", "parameters": {"classification": 1}}],
         },
     )
