@@ -215,7 +215,7 @@ TABLE: dict[str, Rule] = {
     "instance_group.secondary_devices.kind": _no("secondary devices (NVDLA)"),
     "instance_group.secondary_devices.device_id": _no("secondary devices (NVDLA)"),
     "instance_group.profile": _no("TensorRT engines run with optimisation profile 0"),
-    "instance_group.passive": _hint("passive instances are given requests like the others"),
+    "instance_group.passive": _ok("loaded and initialized, given no requests"),
     "instance_group.host_policy": _hint("NUMA host policies"),
     "default_model_filename": _ok(),
     "cc_model_filenames": _no("per compute capability model files"),

@@ -17,7 +17,7 @@ from nereid.server.classification import PARAMETER as CLASSIFICATION
 from nereid.server.classification import load_labels
 from nereid.server.dynamic_batcher import DynamicBatcher
 from nereid.server.errors import InvalidArgument, Unavailable
-from nereid.server.model_config import TensorSpec, input_specs, output_specs
+from nereid.server.model_config import ConfigError, TensorSpec, input_specs, output_specs
 from nereid.server.reshape import Reshaper
 from nereid.server.resource_limiter import ResourceLimiter, Ticket, hand_back
 from nereid.server.sequence_batcher import SequenceBatcher
@@ -124,6 +124,9 @@ def load_version(
     if config.WhichOneof("scheduling_choice") == "sequence_batching":
         sequence = SequenceSettings.from_config(config, model_dir, origin)
     contexts = instance_contexts(config)
+    passive = {group.name for group in config.instance_group if group.passive}
+    if contexts and all(context.name in passive for context in contexts):
+        raise ConfigError(f"{origin}: every instance_group is 'passive': no instance would take requests")
     labels = load_labels(config, model_dir, origin)
     backend_name = registry.resolve_name(config.backend, config.platform)
     # Bad reshapes, batch inputs and ragged inputs fail here, before anything is loaded.
@@ -142,11 +145,13 @@ def load_version(
     inputs = {spec.name: spec for spec in input_specs(config, origin)}
     outputs = {spec.name: spec for spec in output_specs(config, origin)}
     stats = ModelStats()
+    # Passive instances are loaded and initialized but get no requests from the scheduler (Triton).
+    serving = [instance for instance in instances if instance.context.name not in passive]
     scheduler: Scheduler
     if sequence is not None:
-        scheduler = SequenceBatcher(name, str(version), config, outputs, instances, stats, sequence)
+        scheduler = SequenceBatcher(name, str(version), config, outputs, serving, stats, sequence)
     else:
-        scheduler = DynamicBatcher(name, str(version), config, outputs, instances, stats)
+        scheduler = DynamicBatcher(name, str(version), config, outputs, serving, stats)
     scheduler.runner.tickets = tickets
     scheduler.runner.labels = labels
     return ModelVersion(
