@@ -214,7 +214,7 @@ TABLE: dict[str, Rule] = {
     "instance_group.secondary_devices": _no("secondary devices (NVDLA)"),
     "instance_group.secondary_devices.kind": _no("secondary devices (NVDLA)"),
     "instance_group.secondary_devices.device_id": _no("secondary devices (NVDLA)"),
-    "instance_group.profile": _no("TensorRT engines run with optimisation profile 0"),
+    "instance_group.profile": _ok("TensorRT only, and only profile '0' (others fail the load)"),
     "instance_group.passive": _ok("loaded and initialized, given no requests"),
     "instance_group.host_policy": _hint("NUMA host policies"),
     "default_model_filename": _ok(),

@@ -124,11 +124,9 @@ def load_version(
     if config.WhichOneof("scheduling_choice") == "sequence_batching":
         sequence = SequenceSettings.from_config(config, model_dir, origin)
     contexts = instance_contexts(config)
-    passive = {group.name for group in config.instance_group if group.passive}
-    if contexts and all(context.name in passive for context in contexts):
-        raise ConfigError(f"{origin}: every instance_group is 'passive': no instance would take requests")
     labels = load_labels(config, model_dir, origin)
     backend_name = registry.resolve_name(config.backend, config.platform)
+    passive = _check_groups(config, contexts, backend_name, origin)
     # Bad reshapes, batch inputs and ragged inputs fail here, before anything is loaded.
     Reshaper(config, origin)
     BatchInputs(config, backend_name, origin)
@@ -157,6 +155,25 @@ def load_version(
     return ModelVersion(
         name, version, config, model, instances, scheduler, inputs, outputs, stats, list(tickets.values())
     )
+
+
+def _check_groups(
+    config: mc.ModelConfig, contexts: list[InstanceContext], backend: str, origin: str
+) -> set[str]:
+    """The passive groups' names; ConfigError when no instance would serve, or for a ``profile``
+    other than TensorRT's profile 0 (the one Nereid runs engines with)."""
+    for index, group in enumerate(config.instance_group):
+        where = f"{origin}: instance_group[{index}].profile"
+        if group.profile and backend != "tensorrt":
+            raise ConfigError(f"{where} is only for TensorRT models")
+        if group.profile and list(group.profile) != ["0"]:
+            raise ConfigError(
+                f"{where} {list(group.profile)}: Nereid runs engines with optimization profile '0' only"
+            )
+    passive = {group.name for group in config.instance_group if group.passive}
+    if contexts and all(context.name in passive for context in contexts):
+        raise ConfigError(f"{origin}: every instance_group is 'passive': no instance would take requests")
+    return passive
 
 
 def _create_instances(model: Model, contexts: list[InstanceContext]) -> list[ModelInstance]:

@@ -44,7 +44,10 @@ def running(tmp_path: Path, start_server):
             "model_operations.op_library_filename",
         ),
         ({"runtime": "libtriton_python.so"}, "runtime"),
-        ({"instance_group": [{"kind": "KIND_CPU", "profile": ["1"]}]}, "instance_group.profile"),
+        (
+            {"instance_group": [{"kind": "KIND_CPU", "secondary_devices": [{"device_id": 1}]}]},
+            "instance_group.secondary_devices.device_id",
+        ),
     ],
 )
 def test_refused_fields_fail_the_load_api_naming_them(running, extra: dict, field: str) -> None:
@@ -68,3 +71,14 @@ def test_warned_fields_load_with_one_warning_each(running, caplog: pytest.LogCap
     warnings = [r.getMessage() for r in caplog.records if "is not acted on" in r.getMessage()]
     for field in ("optimization.cuda", "optimization.cuda.graphs", "metric_tags"):
         assert sum(f"field '{field}'" in w for w in warnings) == 1, warnings
+
+
+def test_a_profile_is_for_tensorrt_only(running) -> None:
+    config = json.dumps({**BASE, "instance_group": [{"kind": "KIND_CPU", "profile": ["0"]}]})
+    for client in (
+        httpclient.InferenceServerClient(running.http_url),
+        grpcclient.InferenceServerClient(running.grpc_url),
+    ):
+        with pytest.raises(InferenceServerException) as info:
+            client.load_model("m", config=config)
+        assert "instance_group[0].profile is only for TensorRT models" in str(info.value)
