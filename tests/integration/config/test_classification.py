@@ -25,6 +25,18 @@ def server(tmp_path_factory, start_module_server):
     root = tmp_path_factory.mktemp("models")
     for name in ("mlp_classifier", "string_identity"):
         shutil.copytree(MODEL_REPOSITORY / name, root / name)
+    (root / "mlp_ensemble" / "1").mkdir(parents=True)
+    (root / "mlp_ensemble" / "config.pbtxt").write_text(
+        """
+        platform: "ensemble"
+        max_batch_size: 32
+        input [ { name: "features" data_type: TYPE_FP32 dims: [ 4 ] } ]
+        output [ { name: "probabilities" data_type: TYPE_FP32 dims: [ 3 ] } ]
+        ensemble_scheduling { step [ { model_name: "mlp_classifier" model_version: -1
+          input_map { key: "features" value: "features" }
+          output_map { key: "probabilities" value: "probabilities" } } ] }
+        """
+    )
     return start_module_server(root)
 
 
@@ -133,3 +145,16 @@ def test_json_clients_get_the_classes_as_strings(server) -> None:
     assert output["datatype"] == "BYTES" and output["shape"] == [1, 1]
     value, index, label = output["data"][0].split(":")
     assert LABELS[int(index)] == label and 0.0 < float(value) <= 1.0
+
+
+@pytest.mark.parametrize("transport", CLIENTS)
+def test_ensembles_refuse_classification_instead_of_ignoring_it(server, transport: str) -> None:
+    module, client = _client(server, transport)
+    features = module.InferInput("features", list(FEATURES.shape), "FP32")
+    features.set_data_from_numpy(FEATURES)
+    with pytest.raises(InferenceServerException) as info:
+        client.infer(
+            "mlp_ensemble", [features], outputs=[module.InferRequestedOutput("probabilities", class_count=1)]
+        )
+    assert "classification is not supported on ensemble model 'mlp_ensemble'" in str(info.value)
+    assert client.infer("mlp_ensemble", [features]).as_numpy("probabilities").shape == (2, 3)
