@@ -32,11 +32,14 @@ def batch_sizes(requests: list[InferRequest]) -> list[int]:
     return [request.batch_size for request in requests]
 
 
-def merge_inputs(requests: list[InferRequest]) -> dict[str, np.ndarray]:
-    """One array per input name: a single request's data as is, several concatenated on dim 0."""
+def merge_inputs(requests: list[InferRequest], skip: frozenset[str] = frozenset()) -> dict[str, np.ndarray]:
+    """One array per input name: a single request's data as is, several concatenated on dim 0.
+
+    Inputs named in ``skip`` (ragged inputs, which the backend's ``bind`` merges) are left out.
+    """
     if len(requests) == 1:
-        return {tensor.name: tensor.data for tensor in requests[0].inputs}
-    names = [tensor.name for tensor in requests[0].inputs]
+        return {tensor.name: tensor.data for tensor in requests[0].inputs if tensor.name not in skip}
+    names = [tensor.name for tensor in requests[0].inputs if tensor.name not in skip]
     merged: dict[str, np.ndarray] = {}
     for name in names:
         parts = []
@@ -63,15 +66,18 @@ def split_outputs(array: np.ndarray, sizes: list[int]) -> list[np.ndarray]:
     return out
 
 
-def group_by_shape(requests: list[InferRequest]) -> list[list[int]]:
+def group_by_shape(requests: list[InferRequest], ragged: frozenset[str] = frozenset()) -> list[list[int]]:
     """Indices of the requests that can share one call, groups in order of first appearance.
 
     Requests share a call when they have the same input names and datatypes and the same
-    shapes apart from dim 0 (the batch dimension).
+    shapes apart from dim 0 (the batch dimension); ``ragged`` inputs' shapes need not agree.
     """
     if not requests:
         return []
-    keys = [tuple([(t.name, t.datatype, t.shape[1:]) for t in request.inputs]) for request in requests]
+    keys = [
+        tuple([(t.name, t.datatype, () if t.name in ragged else t.shape[1:]) for t in request.inputs])
+        for request in requests
+    ]
     first = keys[0]
     if all(key == first for key in keys):  # the common case: the batcher grouped them already
         return [list(range(len(requests)))]
@@ -126,6 +132,8 @@ class BatchLoop(Generic[Bound, Result]):
         run: Callable[[Bound], Result],
         fetch: Callable[[Result, list[InferRequest]], Fetched],
         prepare: Callable[[InferRequest], None] | None = None,
+        ragged: frozenset[str] = frozenset(),
+        split: Callable[[str, np.ndarray, list[InferRequest]], list[np.ndarray] | None] | None = None,
     ) -> None:
         self.model = model
         self.framework = framework
@@ -135,6 +143,10 @@ class BatchLoop(Generic[Bound, Result]):
         self.run = run
         self.fetch = fetch
         self.prepare = prepare
+        #: Ragged inputs: grouped whatever their shapes, left out of the merge for ``bind``.
+        self.ragged = ragged
+        #: Splits an output its own way (batch outputs), or returns None for the row split.
+        self.split = split
 
     def execute(self, requests: list[InferRequest]) -> list[InferResponse]:
         """One response per request, in order; failures follow the policy in the class docstring."""
@@ -149,7 +161,10 @@ class BatchLoop(Generic[Bound, Result]):
                 except Exception as exc:
                     responses[index] = InferResponse(error=self._error(exc, 1))
             if self.batched and len(ready) > 1:
-                groups = [[ready[i] for i in group] for group in group_by_shape([requests[i] for i in ready])]
+                groups = [
+                    [ready[i] for i in group]
+                    for group in group_by_shape([requests[i] for i in ready], self.ragged)
+                ]
             else:
                 groups = [[i] for i in ready]
         for group in groups:
@@ -165,7 +180,7 @@ class BatchLoop(Generic[Bound, Result]):
 
     def _run(self, call: list[InferRequest]) -> list[InferResponse]:
         with self.timer.phase("input"):
-            bound = self.bind(call, merge_inputs(call))
+            bound = self.bind(call, merge_inputs(call, self.ragged))
         with self.timer.phase("infer"):
             result = self.run(bound)
         with self.timer.phase("output"):
@@ -175,6 +190,10 @@ class BatchLoop(Generic[Bound, Result]):
         sizes = batch_sizes(call) if self.batched else [1]
         parts: dict[str, list[np.ndarray]] = {}
         for name, (_, array) in arrays.items():
+            own = self.split(name, array, call) if self.split is not None else None
+            if own is not None:
+                parts[name] = own
+                continue
             if self.batched and (array.ndim == 0 or array.shape[0] != sum(sizes)):
                 raise InternalError(
                     f"model '{self.model}': output '{name}' has shape {list(array.shape)}, but a batched "

@@ -10,6 +10,7 @@ provider is added by ``optimization { execution_accelerators { gpu_execution_acc
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +20,12 @@ import onnxruntime as ort
 from nereid.backends.base import Backend, InstanceContext, Model, ModelContext, ModelInstance
 from nereid.backends.batching import BatchLoop, Fetched
 from nereid.proto import model_config_pb2 as mc
+from nereid.server.batch_inputs import BatchInputs
 from nereid.server.datatypes import api_to_config
 from nereid.server.errors import InvalidArgument, Unavailable
 from nereid.server.types import InferRequest, InferResponse
+
+log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BATCH_SIZE = 4  # Triton's --backend-config=default-max-batch-size
 
@@ -106,6 +110,13 @@ class OnnxModel(Model):
     def __init__(self, context: ModelContext, path: Path) -> None:
         super().__init__(context)
         self.path = path
+        for accelerator in self.config.optimization.execution_accelerators.gpu_execution_accelerator:
+            if accelerator.name != "tensorrt":  # the one Nereid adds (see server/config_support.py)
+                log.warning(
+                    "model '%s': gpu_execution_accelerator '%s' is not acted on (only 'tensorrt' is)",
+                    context.name,
+                    accelerator.name,
+                )
 
     def session_options(self) -> ort.SessionOptions:
         options = ort.SessionOptions()
@@ -157,15 +168,19 @@ class OnnxInstance(ModelInstance):
             self.datatypes[output.name] = _ORT_TYPES.get(
                 next((o.type for o in session.get_outputs() if o.name == output.name), ""), "FP32"
             )
+        # Ragged inputs are concatenated flat and batch inputs added (``batch_input``).
+        extras = BatchInputs(config, "onnxruntime", model.context.name)
         self.loop: BatchLoop[dict[str, np.ndarray], list[np.ndarray]] = BatchLoop(
             model=model.context.name,
             framework="ONNX Runtime",
             batched=config.max_batch_size > 0,
             timer=self.timer,
             prepare=_to_ort_inputs,
-            bind=lambda call, feed: feed,
+            bind=extras.complete if extras else lambda call, feed: feed,
             run=self._run,
             fetch=self._fetch,
+            ragged=extras.ragged,
+            split=extras.split if extras.scatter else None,
         )
 
     def execute(self, requests: list[InferRequest]) -> list[InferResponse]:

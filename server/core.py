@@ -24,6 +24,7 @@ from nereid.server.errors import (
 from nereid.server.lifecycle import RepositoryPoller
 from nereid.server.model_version import ModelVersion
 from nereid.server.repository import ModelRepository
+from nereid.server.resource_limiter import ResourceLimiter
 from nereid.server.response_cache import ResponseCache
 from nereid.server.responses import ResponseStream, UnaryResponse
 from nereid.server.routing.router import Router
@@ -40,6 +41,7 @@ SERVER_VERSION = "0.1.0"
 # Every name here is an extension that works end to end; GET /v2 reports exactly these.
 EXTENSIONS = (
     "binary_tensor_data",
+    "classification",
     "model_configuration",
     "model_repository",
     "parameters",
@@ -62,6 +64,8 @@ class CoreOptions:
     allow_client_shm: bool = False
     #: Bytes of the response cache (0: none); see nereid.server.response_cache.
     response_cache_bytes: int = 0
+    #: Triton's rate limiter over model instances (``--rate-limit execution_count``); None: off.
+    resource_limiter: ResourceLimiter | None = None
 
 
 class InferenceCore:
@@ -75,6 +79,7 @@ class InferenceCore:
         self.repository = ModelRepository(
             roots, core=self, load_threads=load_threads, memory_budget=self.options.model_memory_budget
         )
+        self.repository.resource_limiter = self.options.resource_limiter
         self.router = Router(self.repository, self._admit)
         self._poller: RepositoryPoller | None = None
         self._state = "INITIALIZING"

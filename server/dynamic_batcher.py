@@ -16,9 +16,11 @@ import threading
 
 from nereid.backends.base import ModelInstance
 from nereid.proto import model_config_pb2 as mc
+from nereid.server.batch_inputs import ragged_inputs
 from nereid.server.errors import Unavailable
-from nereid.server.execution import InstanceRunner, deliver
+from nereid.server.execution import InstanceRunner, Reply, deliver
 from nereid.server.model_config import TensorSpec
+from nereid.server.ordering import InOrder
 from nereid.server.queue import RequestQueue
 from nereid.server.stats import ModelStats
 from nereid.server.types import InferRequest
@@ -47,12 +49,14 @@ class DynamicBatcher:
         self.max_rows = config.max_batch_size if batching else 0
         self.delay_ns = batching.max_queue_delay_microseconds * 1000 if batching else 0
         self.preferred = frozenset(batching.preferred_batch_size) if batching else frozenset()
-        self.queue = RequestQueue(batching, stats)
+        self.queue = RequestQueue(batching, stats, ragged_inputs(config))
         self.stats = stats
         self.runner = InstanceRunner(name, version, config, outputs, stats)
         self._instances = instances
         self._threads: list[threading.Thread] = []
         self._loop: asyncio.AbstractEventLoop | None = None
+        ordered = batching is not None and batching.preserve_ordering and not self.runner.decoupled
+        self.order = InOrder() if ordered else None
 
     def start(self) -> None:
         """Start one thread per instance; called on the event loop that reads the responses."""
@@ -66,6 +70,12 @@ class DynamicBatcher:
 
     def enqueue(self, request: InferRequest) -> None:
         self.queue.put(request)
+        if self.order is not None:
+            self.order.admit(request)
+
+    def _deliver(self, replies: list[Reply]) -> None:
+        """On the event loop: deliver, in arrival order with ``preserve_ordering``."""
+        deliver(self.order.release(replies) if self.order is not None else replies)
 
     def _work(self, instance: ModelInstance) -> None:
         """An instance thread: take a batch, run it, deliver; until the queue closes."""
@@ -76,7 +86,7 @@ class DynamicBatcher:
             if batch:
                 replies.extend(self.runner.execute(instance, batch))
             if replies:
-                self._loop.call_soon_threadsafe(deliver, replies)
+                self._loop.call_soon_threadsafe(self._deliver, replies)
             if not batch and not dead and self.queue.closed:
                 return
 
@@ -90,5 +100,7 @@ class DynamicBatcher:
         for thread in self._threads:
             await asyncio.to_thread(thread.join)
         # Threads never started (a version loaded but not swapped in): fail what is left.
+        if self.order is not None:
+            deliver(self.order.flush())
         error = Unavailable(f"model '{self.name}' version {self.version} was unloaded")
         deliver([(request, self.runner.response(request, error)) for request in self.queue.drain()])

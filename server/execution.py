@@ -14,11 +14,15 @@ from collections.abc import Callable
 
 from nereid.backends.base import ModelInstance
 from nereid.proto import model_config_pb2 as mc
-from nereid.server.errors import Cancelled, InternalError, ServingError, as_serving_error
+from nereid.server.classification import PARAMETER as CLASSIFICATION
+from nereid.server.classification import classify
+from nereid.server.errors import Cancelled, InternalError, InvalidArgument, ServingError, as_serving_error
 from nereid.server.model_config import TensorSpec
+from nereid.server.reshape import Reshaper
+from nereid.server.resource_limiter import Ticket
 from nereid.server.stats import ExecutionRecord, ModelStats
 from nereid.server.tracing.stages import note_batch
-from nereid.server.types import InferRequest, InferResponse
+from nereid.server.types import InferRequest, InferResponse, RequestedOutput, Tensor
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +49,12 @@ class InstanceRunner:
         self.max_batch_size = config.max_batch_size
         self.stats = stats
         self._outputs = outputs
+        #: Rate-limiter tickets by instance index (``--rate-limit execution_count``); see
+        #: :mod:`nereid.server.resource_limiter`.
+        self.tickets: dict[int, Ticket] = {}
+        self.reshaper = Reshaper(config, name)
+        #: Class labels by output (``label_filename``), for the classification extension.
+        self.labels: dict[str, list[str]] = {}
 
     def response(self, request: InferRequest, error: ServingError | None = None) -> InferResponse:
         return InferResponse(self.name, self.version, request.id, error=error)
@@ -62,10 +72,18 @@ class InstanceRunner:
         for request in requests:
             if request.sender is not None and request.sender.cancelled:
                 replies.append((request, self.response(request, Cancelled("request was cancelled"))))
-            else:
-                live.append(request)
+                continue
+            try:
+                self.reshaper.to_backend(request)
+            except InvalidArgument as exc:
+                replies.append((request, self.response(request, exc)))
+                continue
+            live.append(request)
         if not live:
             return replies
+        ticket = self.tickets.get(instance.context.index)
+        if ticket is not None:
+            ticket.acquire()  # waits until the resources this instance needs are free
         timer = instance.timer
         timer.reset()
         start = time.perf_counter_ns()
@@ -80,6 +98,9 @@ class InstanceRunner:
                 extra={"model": self.name, "version": self.version, "request_id": live[0].id or None},
             )
             responses, error = None, as_serving_error(exc)
+        finally:
+            if ticket is not None:
+                ticket.release()
         timer.settle(time.perf_counter_ns() - start)
         rows = sum(r.batch_size for r in live) if self.max_batch_size > 0 else len(live)
         self.stats.record_execution(
@@ -108,6 +129,7 @@ class InstanceRunner:
 
     def finish_outputs(self, request: InferRequest, response: InferResponse) -> None:
         """Check outputs against the config and keep only those the client asked for."""
+        self.reshaper.to_client(self.name, response)
         for tensor in response.outputs:
             spec = self._outputs.get(tensor.name)
             if spec is None:
@@ -122,8 +144,16 @@ class InstanceRunner:
         if response.error is not None:
             response.outputs = []
         elif request.outputs:
-            wanted = {o.name for o in request.outputs}
-            response.outputs = [t for t in response.outputs if t.name in wanted]
+            wanted = {o.name: o for o in request.outputs}
+            response.outputs = [
+                self._classified(t, wanted[t.name]) for t in response.outputs if t.name in wanted
+            ]
+
+    def _classified(self, tensor: Tensor, requested: RequestedOutput) -> Tensor:
+        count = requested.parameters.get(CLASSIFICATION) if requested.parameters else None
+        if count is None:
+            return tensor
+        return classify(tensor, count, self.labels.get(tensor.name, []), self.max_batch_size > 0)
 
 
 def deliver(replies: list[Reply]) -> None:

@@ -7,6 +7,7 @@ the field, and fail only the model they belong to.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,8 +16,11 @@ from google.protobuf import json_format, text_format
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
 from nereid.proto import model_config_pb2 as mc
+from nereid.server import config_support
 from nereid.server.datatypes import config_to_api
 from nereid.server.errors import InvalidArgument
+
+log = logging.getLogger(__name__)
 
 CONFIG_FILES = ("config.pbtxt", "config.yaml", "config.yml")
 
@@ -163,7 +167,18 @@ def output_specs(config: mc.ModelConfig, origin: str = "config") -> tuple[Tensor
 
 
 def validate(config: mc.ModelConfig, origin: str) -> None:
-    """Cross-field rules; raises ConfigError naming ``origin`` and the field."""
+    """Cross-field rules; raises ConfigError naming ``origin`` and the field.
+
+    Fields Nereid does not support fail the load; optimisation hints it does not act on are
+    logged once each (see :mod:`nereid.server.config_support`).
+    """
+    refused, warned = config_support.check(config)
+    if refused:
+        # Name the most precise field: the deepest refused one under the first.
+        path = max((p for p in refused if p == refused[0] or p.startswith(refused[0] + ".")), key=len)
+        raise ConfigError(f"{origin}: {config_support.refusal(path)}")
+    for path in warned:
+        log.warning("%s: %s", origin, config_support.warning(path, config_support.backend_of(config)))
     if config.max_batch_size < 0:
         raise ConfigError(f"{origin}: 'max_batch_size' must be >= 0, got {config.max_batch_size}")
     input_specs(config, origin)

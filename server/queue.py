@@ -44,9 +44,9 @@ class QueuedRequest:
     key: tuple
 
 
-def batch_key(request: InferRequest) -> tuple:
-    """Requests with equal keys can be concatenated along dim 0."""
-    return tuple((tensor.name, tensor.shape[1:]) for tensor in request.inputs)
+def batch_key(request: InferRequest, ragged: frozenset[str] = frozenset()) -> tuple:
+    """Requests with equal keys can be concatenated along dim 0 (ragged inputs' shapes need not agree)."""
+    return tuple((t.name, None if t.name in ragged else t.shape[1:]) for t in request.inputs)
 
 
 class RequestQueue:
@@ -56,7 +56,13 @@ class RequestQueue:
     :meth:`next_batch`, so forming a batch and running it never waits for the loop.
     """
 
-    def __init__(self, batching: mc.ModelDynamicBatching | None, stats: ModelStats) -> None:
+    def __init__(
+        self,
+        batching: mc.ModelDynamicBatching | None,
+        stats: ModelStats,
+        ragged: frozenset[str] = frozenset(),
+    ) -> None:
+        self.ragged = ragged
         self.has_levels = bool(batching and batching.priority_levels)
         self.levels = max(1, batching.priority_levels) if batching else 1
         self.default_level = (batching.default_priority_level or 1) if batching else 1
@@ -104,7 +110,7 @@ class RequestQueue:
             requested = request.timeout_us * 1000
             timeout_ns = min(timeout_ns, requested) if timeout_ns else requested
         deadline = request.arrival_ns + timeout_ns if timeout_ns else 0
-        queue.append(QueuedRequest(request, level, deadline, batch_key(request)))
+        queue.append(QueuedRequest(request, level, deadline, batch_key(request, self.ragged)))
         self._stats.change_pending(level, 1)
 
     def _pop_dead(self, now: int) -> list[tuple[QueuedRequest, ServingError]]:

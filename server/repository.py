@@ -46,6 +46,7 @@ from nereid.server.model_config import (
 )
 from nereid.server.model_version import ModelVersion, has_gpu, load_version
 from nereid.server.paths import confine_config_paths, scrub_paths
+from nereid.server.resource_limiter import ResourceLimiter
 from nereid.server.routing.config import check_versions, routing_config
 from nereid.server.routing.policy import RoutingPolicy
 from nereid.server.types import CoreHandle
@@ -179,6 +180,8 @@ class ModelRepository:
     ) -> None:
         self.roots = roots
         self.core = core
+        #: Triton's rate limiter (``--rate-limit execution_count``); None when off.
+        self.resource_limiter: ResourceLimiter | None = None
         self.models: dict[str, ModelEntry] = {}
         self._load_slots = asyncio.Semaphore(load_threads)
         #: Bytes the loaded models may take (0: no limit); least recently used idle models are
@@ -283,7 +286,10 @@ class ModelRepository:
         for version in versions:
             entry.states.setdefault(version, VersionState("LOADING"))
         results = await asyncio.gather(
-            *(asyncio.to_thread(load_version, entry.name, v, config, path, self.core) for v in versions),
+            *(
+                asyncio.to_thread(load_version, entry.name, v, config, path, self.core, self.resource_limiter)
+                for v in versions
+            ),
             return_exceptions=True,
         )
         loaded = {v: r for v, r in zip(versions, results, strict=True) if isinstance(r, ModelVersion)}
@@ -319,7 +325,11 @@ class ModelRepository:
             if loaded.get(version) is not model:
                 await model.unload()
         if failures and not loaded:
-            raise Unavailable(f"failed to load '{entry.name}': {_reason(next(iter(failures.values())))}")
+            first = next(iter(failures.values()))
+            # A config only a loaded version can check (sequence batching, rate limiter) is the
+            # client's to fix, as the config errors found before loading are.
+            kind = InvalidArgument if isinstance(first, ConfigError) else Unavailable
+            raise kind(f"failed to load '{entry.name}': {_reason(first)}")
 
     def scrub(self, message: str) -> str:
         """``message`` fit for clients: paths relative to the repository root, no other absolute paths."""

@@ -35,6 +35,7 @@ from nereid.server.http.server import HttpListener
 from nereid.server.metrics import MetricsApp, build_registry
 from nereid.server.openai.app import OpenAIFrontend
 from nereid.server.ratelimit import RateLimitCollector, RateLimiter, RateLimits
+from nereid.server.resource_limiter import resource_limiter
 from nereid.server.settings import Settings, parse_settings
 from nereid.server.status.page import StatusPage
 from nereid.server.tracing import TraceManager
@@ -89,6 +90,7 @@ class NereidServer:
             settings.model_memory_budget,
             allow_client_shm=settings.allow_client_shm,
             response_cache_bytes=settings.response_cache_bytes(),
+            resource_limiter=resource_limiter(settings.rate_limit, settings.rate_limit_resource),
         )
         self.core = InferenceCore(roots, options, settings.model_load_thread_count)
         self.http = HttpFrontend(self.core, settings.http_max_input_size)

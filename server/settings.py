@@ -121,6 +121,20 @@ class Settings:
         metadata=_help("Model to load at start-up in explicit mode ('*' for all); repeatable."),
     )
     model_load_thread_count: int = field(default=4, metadata=_help("Models loaded in parallel."))
+    rate_limit: str = field(
+        default="off",
+        metadata=_help(
+            "Triton's rate limiter: execution_count runs a model instance only when the resources its "
+            "instance_group.rate_limiter lists are free; off runs instances as soon as they have work."
+        ),
+    )
+    rate_limit_resource: list[str] = field(
+        default_factory=list,
+        metadata=_help(
+            "Copies of a rate-limiter resource, <name>:<count>[:<device>] (no device: every device and "
+            "the global resource); repeatable. Default: the most any loaded instance asks for."
+        ),
+    )
     model_name: str = field(
         default="",
         metadata=_help(
@@ -237,6 +251,9 @@ class Settings:
 
         check_flags(self.trace_config)
         self.response_cache_bytes()
+        from nereid.server.resource_limiter import resource_limiter
+
+        resource_limiter(self.rate_limit, self.rate_limit_resource)
         self.validate_security()
 
     def response_cache_bytes(self) -> int:
@@ -273,6 +290,7 @@ _LISTS = {
     "grpc_restricted_protocol": str,
     "trace_config": str,
     "cache_config": str,
+    "rate_limit_resource": str,
 }
 # Variables of lists whose values hold commas themselves separate them with ";".
 _SEMICOLON_LISTS = ("http_restricted_api", "grpc_restricted_protocol", "cache_config")

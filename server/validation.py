@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from nereid.server.classification import class_count
 from nereid.server.errors import InvalidArgument
 from nereid.server.model_config import TensorSpec
 from nereid.server.types import InferRequest
@@ -133,6 +134,8 @@ def validate_request(
         if output.name in requested:
             raise InvalidArgument(f"output '{output.name}' is requested more than once")
         requested.add(output.name)
+        if output.parameters:
+            class_count(output, outputs[output.name])
 
 
 def _dims_match(actual: tuple[int, ...], expected: tuple[int, ...]) -> bool:

@@ -17,8 +17,9 @@ from nereid.backends.python.runner import bytes_array
 from nereid.proto import model_config_pb2 as mc
 from nereid.server.datatypes import numpy_to_api
 from nereid.server.errors import ErrorCode, InternalError, ServingError
-from nereid.server.model_config import TensorSpec, output_specs
+from nereid.server.model_config import TensorSpec
 from nereid.server.parameters import wire_parameters
+from nereid.server.reshape import backend_output_specs
 from nereid.server.sequence_config import state_outputs
 from nereid.server.types import InferRequest, InferResponse, RequestedOutput, Tensor
 
@@ -38,7 +39,7 @@ class Codec:
     def __init__(self, name: str, version: int, config: mc.ModelConfig) -> None:
         self.name = name
         self.version = version
-        self.outputs: dict[str, TensorSpec] = {spec.name: spec for spec in output_specs(config)}
+        self.outputs: dict[str, TensorSpec] = {spec.name: spec for spec in backend_output_specs(config)}
         # Implicit state outputs always go back to the sequence batcher, which keeps them.
         self.states = {spec.name for spec in state_outputs(config)}
         for spec in state_outputs(config):

@@ -82,6 +82,7 @@ def test_expected_layout(built):
         "mlp_classifier/1/model.onnx",
         "mlp_classifier/2/model.onnx",
         "mlp_classifier/config.yaml",
+        "mlp_classifier/labels.txt",
         "string_identity/1/model.onnx",
         "string_identity/config.pbtxt",
     ]
@@ -112,7 +113,7 @@ def test_mlp_yaml_config(built):
         "version_policy": {"all": {}},
         "input": [{"name": "features", "data_type": "TYPE_FP32", "dims": [4]}],
         "output": [
-            {"name": "probabilities", "data_type": "TYPE_FP32", "dims": [3]},
+            {"name": "probabilities", "data_type": "TYPE_FP32", "dims": [3], "label_filename": "labels.txt"},
             {"name": "label", "data_type": "TYPE_INT64", "dims": [1]},
         ],
         "instance_group": [{"count": 1, "kind": "KIND_CPU"}],
