@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from nereid.server.http.codec import dumps
 
@@ -77,6 +77,64 @@ class DisconnectWatch:
         callbacks, self._callbacks = self._callbacks, set()
         for callback in callbacks:
             callback()
+
+
+class _OneWriteCycle(RequestResponseCycle):
+    """uvicorn's request cycle, but a response of known length leaves in one ``writelines``.
+
+    uvicorn writes the status line and headers, then the body, as two writes: two syscalls
+    and two TCP segments for every small response. Here the head waits for the body when
+    ``content-length`` is set (a streamed response still gets its head at once).
+    """
+
+    _head: bytes | None = None
+
+    async def send(self, message: Any) -> None:
+        head = self._head
+        if head is not None:
+            self._head = None
+            body = message.get("body", b"")
+            if (
+                message["type"] != "http.response.body"
+                or message.get("more_body", False)
+                or self.disconnected
+                or self.scope["method"] == "HEAD"
+                or len(body) != self.expected_content_length
+            ):
+                self.transport.write(head)  # anything unusual: uvicorn's own path after the head
+                await super().send(message)
+                return
+            self.transport.writelines((head, body))
+            self.expected_content_length = 0
+            message = _EMPTY_LAST_BODY  # uvicorn completes the response (keep-alive, close)
+        elif not self.response_started and message["type"] == "http.response.start":
+            held = _Held()
+            transport, self.transport = self.transport, held  # type: ignore[assignment]
+            try:
+                await super().send(message)
+            finally:
+                self.transport = transport
+            if self.chunked_encoding is False and self.expected_content_length > 0:
+                self._head = b"".join(held.parts)
+            else:
+                transport.writelines(held.parts)
+            return
+        await super().send(message)
+
+
+_EMPTY_LAST_BODY = {"type": "http.response.body", "body": b"", "more_body": False}
+
+
+class _Held:
+    """Stands in for the transport while uvicorn formats a response head."""
+
+    __slots__ = ("parts",)
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.parts.append(data)
 
 
 class _HeaderLimit(Exception):
@@ -157,8 +215,12 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         self._awaiting_headers = False
         self.scope[WATCH_KEY] = self._watch  # type: ignore[literal-required]
         super().on_headers_complete()
-        if self.state.draining and self.cycle is not None:
-            self.cycle.keep_alive = False  # uvicorn adds "connection: close" and closes after the response
+        cycle = self.cycle
+        if cycle is not None and type(cycle) is RequestResponseCycle:
+            # uvicorn names its cycle class inside on_headers_complete; a fresh one takes ours.
+            cycle.__class__ = _OneWriteCycle
+            if self.state.draining:
+                cycle.keep_alive = False  # uvicorn adds "connection: close" and closes after the response
 
     def _over_limit(self) -> None:
         if self._header_fields > self.limits.max_headers:
