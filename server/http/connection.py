@@ -151,6 +151,7 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         self._awaiting_headers = True
         self._header_start = 0.0
+        self._idle_since: float | None = None  # when the last response ended; None while busy
         self._watch = DisconnectWatch()
         self._header_fields = 0
         self._header_bytes = 0
@@ -174,8 +175,42 @@ class LimitedHttpProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        if self.timeout_keep_alive_task is not None:
+            self.timeout_keep_alive_task.cancel()
+            self.timeout_keep_alive_task = None
         super().connection_lost(exc)
         self._watch.fire()
+
+    # ---- keep-alive: uvicorn arms and cancels a timer per response; here one per connection --
+
+    def _unset_keepalive_if_required(self) -> None:
+        """uvicorn calls this on every chunk received; the connection's timer checks idleness itself."""
+
+    def on_response_complete(self) -> None:
+        """uvicorn's, but the keep-alive timer stays armed across responses."""
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
+            return
+        self.flow.resume_reading()
+        if self.pipeline:
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
+            return
+        self._idle_since = self.loop.time()
+        if self.timeout_keep_alive_task is None:
+            self.timeout_keep_alive_task = self.loop.call_later(
+                self.timeout_keep_alive, self._keep_alive_expired
+            )
+
+    def _keep_alive_expired(self) -> None:
+        self.timeout_keep_alive_task = None
+        if self._idle_since is None:
+            return  # a request is under way; its response re-arms the timer
+        left = self._idle_since + self.timeout_keep_alive - self.loop.time()
+        if left > 0:
+            self.timeout_keep_alive_task = self.loop.call_later(left, self._keep_alive_expired)
+        else:
+            self.timeout_keep_alive_handler()
 
     def data_received(self, data: bytes) -> None:
         self._began_in_chunk = False
@@ -191,6 +226,7 @@ class LimitedHttpProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        self._idle_since = None
         self._awaiting_headers, self._began_in_chunk = True, True
         self._header_fields = self._header_bytes = self._pending = 0
         self._header_start = self.loop.time()
