@@ -43,7 +43,8 @@ class Request:
         self.method: str = scope["method"]
         raw = scope.get("raw_path") or scope["path"].encode()
         path = raw.split(b"?", 1)[0].decode("latin-1")
-        self.parts = [unquote(p) for p in path.strip("/").split("/")]
+        parts = path.strip("/").split("/")
+        self.parts = [unquote(p) for p in parts] if "%" in path else parts
         self.headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         self.query: bytes = scope.get("query_string", b"")
         # The connection's disconnect callbacks, when the server offers them (Nereid's does).
