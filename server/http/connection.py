@@ -93,11 +93,12 @@ class _OneWriteCycle(RequestResponseCycle):
         head = self._head
         if head is not None:
             self._head = None
+            if self.disconnected:
+                return  # as uvicorn: nothing more is written for a client that left
             body = message.get("body", b"")
             if (
                 message["type"] != "http.response.body"
                 or message.get("more_body", False)
-                or self.disconnected
                 or self.scope["method"] == "HEAD"
                 or len(body) != self.expected_content_length
             ):
@@ -116,7 +117,7 @@ class _OneWriteCycle(RequestResponseCycle):
                 self.transport = transport
             if self.chunked_encoding is False and self.expected_content_length > 0:
                 self._head = b"".join(held.parts)
-            else:
+            elif held.parts:
                 transport.writelines(held.parts)
             return
         await super().send(message)

@@ -1,4 +1,5 @@
-"""The HTTP connection's own timers: keep-alive and the drain, one per connection, not per request."""
+"""The HTTP connection's own machinery: keep-alive and the drain (one timer or flag per connection, not
+per request), and responses written in one piece."""
 
 from __future__ import annotations
 
@@ -62,3 +63,41 @@ def test_drain_closes_each_connection_after_its_next_response() -> None:
     before, after = asyncio.run(scenario())
     assert b"connection: close" not in before.lower()
     assert b"connection: close" in after.lower() and after.endswith(b"ok")
+
+
+async def _stream(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    await receive()
+    await send({"type": "http.response.start", "status": 200, "headers": []})  # chunked
+    await send({"type": "http.response.body", "body": b"one", "more_body": True})
+    await asyncio.sleep(0.3)
+    await send({"type": "http.response.body", "body": b"two"})
+
+
+def test_head_requests_and_streamed_responses_are_framed_as_before() -> None:
+    async def scenario() -> tuple[bytes, bytes, float]:
+        listener = HttpListener(_ok, "127.0.0.1", 0, 1.0)
+        port = await listener.start()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n")
+        head = await reader.readuntil(b"\r\n\r\n")
+        writer.write(REQUEST)  # the HEAD response had no body: the next one follows on the connection
+        after = await reader.read(1000)
+        writer.close()
+        await listener.stop(1.0)
+        streaming = HttpListener(_stream, "127.0.0.1", 0, 1.0)
+        port = await streaming.start()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(REQUEST)
+        started = time.monotonic()
+        first = await reader.readuntil(b"one\r\n")  # the head and first chunk come before the second
+        waited = time.monotonic() - started
+        rest = await reader.readuntil(b"0\r\n\r\n")
+        writer.close()
+        await streaming.stop(1.0)
+        return head + after, first + rest, waited
+
+    head, streamed, waited = asyncio.run(scenario())
+    assert head.startswith(b"HTTP/1.1 200") and b"content-length: 2" in head and head.endswith(b"\r\n\r\nok")
+    assert head.count(b"HTTP/1.1 200") == 2
+    assert b"transfer-encoding: chunked" in streamed and streamed.endswith(b"3\r\ntwo\r\n0\r\n\r\n")
+    assert waited < 0.25
