@@ -120,6 +120,10 @@ class _Phase:
 class ModelInstance(ABC):
     """One execution context of a model; see the module docstring for the contract."""
 
+    #: True when ``execute`` already checks each output against the config (name, datatype,
+    #: shape) and keeps only the requested ones; the server then skips its own pass over them.
+    checks_outputs: bool = False
+
     def __init__(self, model: Model, context: InstanceContext) -> None:
         self.model = model
         self.context = context

@@ -137,10 +137,16 @@ class ServerProcess:
                 time.sleep(0.2)
         raise RuntimeError(f"{self.name} was not ready after {timeout:.0f}s:\n{self.output()}")
 
-    def counts(self, model: str) -> tuple[int, int]:
-        """``(inference_count, execution_count)`` from the statistics extension."""
+    def counts(self, model: str) -> tuple[int, int, int, int]:
+        """``(inference_count, execution_count, queue ns, queue count)`` from the statistics extension."""
         stats = self.get(f"/v2/models/{model}/stats")["model_stats"][0]
-        return int(stats["inference_count"]), int(stats["execution_count"])
+        queue = stats["inference_stats"]["queue"]
+        return (
+            int(stats["inference_count"]),
+            int(stats["execution_count"]),
+            int(queue["ns"]),
+            int(queue["count"]),
+        )
 
     def output(self) -> str:
         self.log.flush()
@@ -303,10 +309,17 @@ class Measured:
     row: Row
     inferences: int  # inference_count delta over warmup + window
     executions: int  # execution_count delta over warmup + window
+    queue_ns: int = 0  # inference_stats.queue.ns delta: time requests waited for an instance
+    queued: int = 0  # inference_stats.queue.count delta
 
     @property
     def avg_batch(self) -> float:
         return self.inferences / self.executions if self.executions else 0.0
+
+    @property
+    def queue_us(self) -> float:
+        """Mean queue wait per request (µs), as the server's statistics count it."""
+        return self.queue_ns / self.queued / 1000 if self.queued else 0.0
 
 
 def measure(
@@ -333,7 +346,8 @@ def measure(
     )
     result = _runner(protocol)(coroutine)
     after = server.counts(model)
-    return Measured(result.rows[0], after[0] - before[0], after[1] - before[1])
+    delta = [a - b for a, b in zip(after, before, strict=True)]
+    return Measured(result.rows[0], *delta)
 
 
 def _runner(protocol: str) -> Any:

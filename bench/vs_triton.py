@@ -20,7 +20,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
+import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,6 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from harness import (
+    MODELS,
     Measured,
     Nereid,
     ServerProcess,
@@ -66,9 +69,24 @@ def run_block(
         server.stop()
 
 
+def nereid_repository(isolation: str | None) -> Path:
+    """``bench/models``, or a copy whose Python models run with ``NEREID_ISOLATION`` = ``isolation``."""
+    if isolation is None:
+        return MODELS
+    root = Path(tempfile.mkdtemp(prefix=f"vs_triton_{isolation}_"))
+    for model in MODELS.iterdir():
+        if (model / "config.pbtxt").is_file():
+            shutil.copytree(model, root / model.name)
+            config = root / model.name / "config.pbtxt"
+            parameter = f'parameters {{ key: "NEREID_ISOLATION" value: {{ string_value: "{isolation}" }} }}'
+            config.write_text(config.read_text() + "\n" + parameter + "\n")
+    return root
+
+
 def table(results: dict[Key, Measured], models: list[str], protocols: list[str], levels: list[int]) -> str:
     headers = ["model", "transport", "conc", "Nereid infer/s", "Triton infer/s", "ratio"]
     headers += ["Nereid p99 ms", "Triton p99 ms", "p99 ratio", "srv CPU us/req N/T", "avg batch N/T"]
+    headers += ["queue us N/T"]
     rows = []
     for model in models:
         for protocol in protocols:
@@ -86,6 +104,7 @@ def table(results: dict[Key, Measured], models: list[str], protocols: list[str],
                 cpu = [f"{m.row.server_cpu_us:.0f}" if m and m.row.server_cpu_us else "-" for m in (n, t)]
                 cells.append("/".join(cpu))
                 cells.append("/".join(f"{m.avg_batch:.1f}" if m else "-" for m in (n, t)))
+                cells.append("/".join(f"{m.queue_us:.0f}" if m else "-" for m in (n, t)))
                 errors = sum(m.row.errors for m in (n, t) if m)
                 if errors:
                     cells[-1] += f" ({errors} errors)"
@@ -104,6 +123,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pin", action="store_true", help="servers on CPU 0, load generator on CPU 1")
     p.add_argument("--no-download", action="store_true", help="use bench/.triton as it is")
     p.add_argument("--nereid-only", action="store_true")
+    p.add_argument(
+        "--isolation",
+        choices=["none", "process"],
+        help="run Nereid's Python models in-process (none) or in a stub process; default: the models' own (process)",
+    )
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
     if args.quick:
@@ -134,7 +158,10 @@ def main(argv: list[str] | None = None) -> int:
             if name == "triton" and dist is None:
                 continue
             notes.append(f"{model} on {name}: {uptime()}")
-            server = Nereid([model], pin=pin) if name == "nereid" else Triton(dist, [model], pin=pin)  # type: ignore[arg-type]
+            if name == "nereid":
+                server: ServerProcess = Nereid([model], repository=nereid_repository(args.isolation), pin=pin)
+            else:
+                server = Triton(dist, [model], pin=pin)  # type: ignore[arg-type]
             run_block(server, model, protocols, levels, args, results)
 
     print(
@@ -149,16 +176,19 @@ def main(argv: list[str] | None = None) -> int:
     print(
         "ratio: Nereid / Triton throughput (* where Nereid is slower); p99 ratio: Nereid / Triton; "
         "srv CPU: server CPU time per request (Triton: server + its Python stub processes); "
-        "avg batch: inference_count / execution_count over warmup + row"
+        "avg batch: inference_count / execution_count over warmup + row; "
+        "queue us: mean queue wait per request from the statistics extension"
     )
     if args.json:
         document = {
             "date": started.isoformat(timespec="seconds"),
             "argv": sys.argv,
             "triton": dist.version() if dist else None,
+            "isolation": args.isolation,
             "notes": notes,
             "rows": [
                 {"server": s, "model": m, "protocol": p, "concurrency": c, "avg_batch": r.avg_batch}
+                | {"queue_us": r.queue_us}
                 | r.row.__dict__
                 | {"latency": r.row.latency and r.row.latency.__dict__}
                 for (s, m, p, c), r in results.items()

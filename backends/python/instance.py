@@ -90,6 +90,8 @@ class PythonInstance(ModelInstance):
     here; a decoupled model's responses go out through :class:`DirectTarget` instead.
     """
 
+    checks_outputs = True  # the codec checks and trims outputs (Codec.response)
+
     def __init__(self, model: Model, setup: InstanceSetup, context: InstanceContext) -> None:
         super().__init__(model, context)
         self.setup = setup

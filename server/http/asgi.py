@@ -14,6 +14,7 @@ from urllib.parse import unquote
 
 from nereid.server.errors import InvalidArgument, ResourceExhausted, ServingError
 from nereid.server.http import codec
+from nereid.server.http.connection import WATCH_KEY, DisconnectWatch
 from nereid.server.http.errors import HTTP_STATUS
 
 Scope = dict[str, Any]
@@ -36,15 +37,18 @@ class HttpError(Exception):
 class Request:
     """The parts of an HTTP request a handler needs; the body is read on demand, bounded."""
 
-    __slots__ = ("_body", "_receive", "headers", "max_size", "method", "parts", "query")
+    __slots__ = ("_body", "_receive", "headers", "max_size", "method", "parts", "query", "watch")
 
     def __init__(self, scope: Scope, receive: Receive, max_size: int) -> None:
         self.method: str = scope["method"]
         raw = scope.get("raw_path") or scope["path"].encode()
         path = raw.split(b"?", 1)[0].decode("latin-1")
-        self.parts = [unquote(p) for p in path.strip("/").split("/")]
+        parts = path.strip("/").split("/")
+        self.parts = [unquote(p) for p in parts] if "%" in path else parts
         self.headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         self.query: bytes = scope.get("query_string", b"")
+        # The connection's disconnect callbacks, when the server offers them (Nereid's does).
+        self.watch: DisconnectWatch | None = scope.get(WATCH_KEY)
         self.max_size = max_size
         self._receive = receive
         self._body: bytes | None = None

@@ -7,11 +7,15 @@ from collections.abc import Awaitable
 from typing import Protocol, TypeVar
 
 from nereid.server.errors import Cancelled
+from nereid.server.http.connection import DisconnectWatch
 
 T = TypeVar("T")
 
 
 class Disconnectable(Protocol):
+    @property
+    def watch(self) -> DisconnectWatch | None: ...
+
     async def disconnected(self) -> None: ...
 
 
@@ -24,6 +28,9 @@ async def cancel_on_disconnect(request: Disconnectable, work: Awaitable[T]) -> T
     """
     task = asyncio.current_task()
     assert task is not None
+    watch = request.watch
+    if watch is not None:
+        return await _watched(watch, task, work)
     state = {"running": True, "left": False}
 
     def on_disconnect(watcher: asyncio.Future[None]) -> None:
@@ -44,3 +51,25 @@ async def cancel_on_disconnect(request: Disconnectable, work: Awaitable[T]) -> T
     finally:
         state["running"] = False
         watcher.cancel()
+
+
+async def _watched(watch: DisconnectWatch, task: asyncio.Task[T], work: Awaitable[T]) -> T:
+    """:func:`cancel_on_disconnect` through the connection's own callbacks: no task per request."""
+    left = False
+
+    def on_lost() -> None:
+        nonlocal left
+        if not left:
+            left = True
+            task.cancel()
+
+    watch.add(on_lost)
+    try:
+        return await work
+    except asyncio.CancelledError:
+        if left:
+            task.uncancel()
+            raise Cancelled("the client disconnected") from None
+        raise
+    finally:
+        watch.discard(on_lost)

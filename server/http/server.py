@@ -17,15 +17,13 @@ from typing import Any
 
 import uvicorn
 
-from nereid.server.http.connection import ConnectionLimits, LimitedHttpProtocol
+from nereid.server.http.connection import ConnectionLimits, LimitedHttpProtocol, ListenerState
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-
-_CLOSE = (b"connection", b"close")
 
 
 class _Uvicorn(uvicorn.Server):
@@ -46,26 +44,6 @@ def bind(address: str, port: int) -> socket.socket:
     return sock
 
 
-class DrainAware:
-    """ASGI wrapper: once ``draining`` is set, responses ask the client to close the connection."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-        self.draining = False
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if not self.draining or scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
-        async def send_closing(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message = {**message, "headers": [*message.get("headers", ()), _CLOSE]}
-            await send(message)
-
-        await self.app(scope, receive, send_closing)
-
-
 class HttpListener:
     """One ASGI app served by uvicorn on one socket; ``drain`` then ``stop``."""
 
@@ -78,13 +56,15 @@ class HttpListener:
         tls: dict[str, Any] | None = None,
         header_timeout: float = 10.0,
     ) -> None:
-        self.app = DrainAware(app)
+        self.app = app
+        # The drain is a flag the connections read once per request (server/http/connection.py).
+        self.state = ListenerState()
         self.sock = bind(address, port)
         self.port = int(self.sock.getsockname()[1])
         config = uvicorn.Config(
             self.app,
             # httptools with header count, size and slow-header limits (server/http/connection.py).
-            http=LimitedHttpProtocol.with_limits(ConnectionLimits(header_timeout=header_timeout)),
+            http=LimitedHttpProtocol.with_limits(ConnectionLimits(header_timeout=header_timeout), self.state),
             loop="none",
             lifespan="off",
             log_level="warning",
@@ -110,7 +90,10 @@ class HttpListener:
 
     def drain(self) -> None:
         """Keep serving, but close each connection after its next response."""
-        self.app.draining = True
+        self.state.draining = True
+        for connection in self._server.server_state.connections:
+            if isinstance(connection, LimitedHttpProtocol):
+                connection.drain()
 
     async def stop(self, timeout: float) -> bool:
         """Close the listener and idle connections; wait up to ``timeout`` for the rest.

@@ -216,6 +216,28 @@ def test_idle_and_half_sent_connections_are_closed(hardened) -> None:
         assert time.monotonic() - started < hardened.header_timeout * 3
 
 
+def test_a_kept_alive_connection_gets_the_header_deadline_per_request(hardened) -> None:
+    """One timer per connection: a request that starts late still gets its full deadline, and a
+    half-sent one after it is still refused."""
+    sock = hardened.raw_socket()
+    request = b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n"
+    sock.sendall(request)
+    assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+    time.sleep(hardened.header_timeout * 0.7)
+    sock.sendall(request[:20])  # begun late in the connection's first timer period
+    time.sleep(hardened.header_timeout * 0.6)  # past that period, within this request's deadline
+    sock.sendall(request[20:])
+    assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+    sock.sendall(b"GET /v2/health/live HTTP/1.1\r\nX-Slow: ")
+    started = time.monotonic()
+    reply = b""
+    while chunk := sock.recv(65536):
+        reply += chunk
+    sock.close()
+    assert reply.startswith(b"HTTP/1.1 408"), reply[:80]
+    assert time.monotonic() - started < hardened.header_timeout * 3
+
+
 @pytest.mark.parametrize(
     "headers",
     [b"X-Big: " + b"a" * 1_000_000 + b"\r\n", b"".join(b"X-%d: 1\r\n" % i for i in range(10_000))],
