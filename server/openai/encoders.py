@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -20,12 +21,16 @@ from nereid.server.embedding import EmbeddingSpec, too_long
 from nereid.server.errors import InvalidArgument
 from nereid.server.types import InferRequest, Tensor
 
+if TYPE_CHECKING:
+    from nereid.backends.llm.tokenizer import Tokenizer
+
 _lock = threading.Lock()
 
 
 @lru_cache(maxsize=8)
-def tokenizer(spec: str):  # type: ignore[no-untyped-def]  # nereid.backends.llm.tokenizer.Tokenizer
-    """The tokenizer named by ``nereid.tokenizer`` (loaded once per spec)."""
+def tokenizer(spec: str) -> Tokenizer:
+    """The tokenizer named by ``nereid.tokenizer`` (loaded once per spec; the llm backend's tokenizer code,
+    imported lazily so that serving encoders needs torch only when one is configured)."""
     from nereid.backends.llm.gguf_loader import GGUFCheckpoint
     from nereid.backends.llm.serving import resolve_path
     from nereid.backends.llm.tokenizer import Tokenizer

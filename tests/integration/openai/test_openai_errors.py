@@ -176,6 +176,8 @@ def test_routes_and_methods(server):
     status, _, payload = raw(server, "GET", "/v1/completions")
     assert_openai_error(status, payload, 405)
     status, _, payload = raw(server, "GET", "/v1/embeddings")
+    assert_openai_error(status, payload, 405)
+    status, _, payload = raw(server, "POST", "/v1/audio/speech")
     assert_openai_error(status, payload, 404)
     status, _, payload = raw(
         server, "POST", "/v1/completions", b'{"model": "fake", "prompt": "' + b"a" * 2**20 + b'"}'
