@@ -50,7 +50,10 @@ class Int8Linear(nn.Module):
 
 
 class Int8Embedding(nn.Module):
-    """Rows of an int8 table scaled back on lookup; `weight_pair` lets a tied LM head share the same bytes."""
+    """Rows of an int8 table scaled back on lookup (a tied LM head shares the same two tensors)."""
+
+    qweight: torch.Tensor
+    scale: torch.Tensor
 
     def __init__(self, q: torch.Tensor, scale: torch.Tensor) -> None:
         super().__init__()
