@@ -21,8 +21,13 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 install: $(STAMP)
 
+# The example embedding model is built from the installed SmolLM2 GGUF, not committed (~30 MB).
+EMBED_ONNX := model_repository/smollm2_embed/1/model.onnx
+$(EMBED_ONNX): model_repository/build_embedding.py | $(STAMP)
+	$(BIN)/python model_repository/build_embedding.py
+
 # Strict editable installs do not see new files, so refresh the install before serving too.
-serve: $(STAMP)
+serve: $(STAMP) $(EMBED_ONNX)
 	$(BIN)/pip install -q --no-deps --config-settings editable_mode=strict -e .
 	$(BIN)/nereid serve --model-repository $(MODEL_REPOSITORY) --http-port 8000 --grpc-port 8001 --metrics-port 8002
 

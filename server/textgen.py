@@ -24,6 +24,9 @@ from typing import Any
 MESSAGES = "messages"
 TOKEN_IDS = "token_ids"
 LOGPROBS = "logprobs"
+PROMPT_LOGPROBS = "prompt_logprobs"
+"""Response parameter: ``list[TokenLogprob]``, one per prompt token, on the response that carries the first
+generated token; the first entry's logprob means nothing (no context predicts it; OpenAI shows null)."""
 
 
 @dataclass(frozen=True, slots=True)

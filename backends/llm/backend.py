@@ -20,10 +20,12 @@ from nereid.backends.llm import serving
 from nereid.backends.llm.driver import EngineDriver
 from nereid.backends.llm.engine import LLMEngine
 from nereid.backends.llm.metrics import EngineMetrics
+from nereid.backends.llm.pooling import run_embed
 from nereid.backends.llm.requests import parse
 from nereid.backends.llm.tasks import TASK, TASKS, run_task
 from nereid.backends.llm.tokenizer import Tokenizer
 from nereid.proto import model_config_pb2 as mc
+from nereid.server.embedding import EMBED_TASK, EmbeddingSpec, is_embedding
 from nereid.server.errors import InvalidArgument, as_serving_error
 from nereid.server.types import InferRequest, InferResponse
 
@@ -77,6 +79,7 @@ class LLMInstance(ModelInstance):
             hint = " (parameters kv_cache_bytes, kv_cache_memory_fraction)" if "KV cache" in str(exc) else ""
             raise InvalidArgument(f"model '{ctx.name}': {exc}{hint}") from None
         self.engine = self.driver.engine
+        self.embedding = EmbeddingSpec.of(ctx.config, "last") if is_embedding(ctx.config) else None
         log.info(
             "model '%s' version %d: engine ready in %.1f s (%s, %d KV blocks of %d tokens, max_model_len %d)",
             ctx.name, ctx.version, time.perf_counter() - start, config.device,
@@ -91,8 +94,9 @@ class LLMInstance(ModelInstance):
     def execute(self, requests: list[InferRequest]) -> None:
         for request in requests:
             try:
-                if request.parameters.get(TASK) in TASKS:  # tokenizer only: answered here, at once
-                    response = run_task(request, self.tokenizer, self.engine.max_model_len)
+                task = request.parameters.get(TASK)
+                if task in TASKS or task == EMBED_TASK:  # answered at once, outside the engine's batches
+                    response = self._run_task(request)
                     if request.sender is not None:
                         request.sender.send(response, final=True)
                     continue
@@ -103,6 +107,14 @@ class LLMInstance(ModelInstance):
                 if request.sender is not None:
                     request.sender.send(InferResponse(id=request.id, error=as_serving_error(exc)), final=True)
         return None
+
+    def _run_task(self, request: InferRequest) -> InferResponse:
+        if request.parameters[TASK] != EMBED_TASK:
+            return run_task(request, self.tokenizer, self.engine.max_model_len)
+        spec = self.embedding
+        if spec is None:
+            raise InvalidArgument(f"model '{self.model.context.name}' is not an embedding model")
+        return self.call(lambda engine: run_embed(request, engine, spec), timeout=300.0)
 
     def call(self, fn: Callable[[LLMEngine], T], timeout: float = 30.0) -> T:
         """Run ``fn(engine)`` on the driver thread between steps: the safe way to inspect the engine."""

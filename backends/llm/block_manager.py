@@ -85,7 +85,7 @@ class BlockManager:
         At least one token is always left to compute, so the last block of an exactly block-aligned prompt
         is never a hit (its logits are needed).
         """
-        if not self.enable_prefix_caching:
+        if not self.enable_prefix_caching or seq.params.prompt_logprobs is not None:
             return []
         bs, hits = self.block_size, []
         max_blocks = (seq.num_tokens - 1) // bs

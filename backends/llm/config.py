@@ -44,6 +44,8 @@ class EngineConfig:
     """Largest `SamplingParams.logprobs` accepted."""
     seed: int = 0
     """Seed of the generator used by requests without their own seed."""
+    weights: str = "float"
+    """float | int8 | int4: keep the weights quantised in memory (CPU, float32 compute; see `quant`)."""
 
     def __post_init__(self) -> None:
         if self.dtype != "auto" and self.dtype not in _DTYPES:
@@ -55,6 +57,12 @@ class EngineConfig:
         for name in ("block_size", "max_num_seqs", "max_num_batched_tokens", "max_n"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.weights not in ("float", "int8", "int4"):
+            raise ValueError(f"weights must be float, int8 or int4, got {self.weights!r}")
+        if self.weights != "float" and (self.device != "cpu" or self.dtype not in ("auto", "float32")):
+            raise ValueError(
+                f"weights={self.weights} needs device cpu and dtype float32 (torch's CPU kernels)"
+            )
         if self.max_logprobs < 0:
             raise ValueError(f"max_logprobs must be >= 0, got {self.max_logprobs}")
         if self.kv_cache_bytes is not None and self.kv_cache_bytes <= 0:

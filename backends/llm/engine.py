@@ -75,8 +75,10 @@ class LLMEngine:
             raise ValueError(f"n={params.n} exceeds the limit of {self.config.max_n}")
         if params.n > 1:
             raise ValueError("n > 1 is not supported yet; send n separate requests")
-        if params.logprobs is not None and params.logprobs > self.config.max_logprobs:
-            raise ValueError(f"logprobs={params.logprobs} exceeds the limit of {self.config.max_logprobs}")
+        for key in ("logprobs", "prompt_logprobs"):
+            value = getattr(params, key)
+            if value is not None and value > self.config.max_logprobs:
+                raise ValueError(f"{key}={value} exceeds the limit of {self.config.max_logprobs}")
         vocab = self.checkpoint_config.vocab_size
         unknown = sorted(t for t in (*params.logit_bias, *params.stop_token_ids) if t >= vocab)
         if unknown:
@@ -171,6 +173,9 @@ class LLMEngine:
             num_prompt_tokens=seq.num_prompt_tokens,
             num_generation_tokens=seq.num_output_tokens,
             num_cached_tokens=seq.num_cached_tokens,
+            prompt_logprobs=seq.prompt_logprobs
+            if seq.prompt_logprobs and seq.num_output_tokens == 1
+            else None,
         )
 
     def stats(self) -> EngineStats:

@@ -13,6 +13,7 @@ from safetensors import safe_open
 from nereid.backends.llm.config import CheckpointConfig, EngineConfig
 from nereid.backends.llm.gguf_loader import GGUFCheckpoint
 from nereid.backends.llm.models.llama import PACKED, LlamaForCausalLM, rope_inv_freq
+from nereid.backends.llm.quant import quantize
 from nereid.backends.llm.tokenizer import Tokenizer
 
 
@@ -41,6 +42,7 @@ def load(config: EngineConfig) -> LoadedModel:
         tokenizer = Tokenizer.from_dir(Path(config.tokenizer or path))
     else:
         raise ValueError(f"{path}: expected a directory with config.json or a .gguf file")
+    model = quantize(model, config.weights)
     eos = list(dict.fromkeys([*model_cfg.eos_token_ids, *tokenizer.eos_token_ids]))
     model_cfg.eos_token_ids = tokenizer.eos_token_ids = eos
     return LoadedModel(model, model_cfg, tokenizer)

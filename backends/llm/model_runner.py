@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from nereid.backends.llm import prompt_logprobs
 from nereid.backends.llm.attention import AttentionMetadata, decode_groups
 from nereid.backends.llm.config import CheckpointConfig, EngineConfig
 from nereid.backends.llm.kv_cache import allocate_kv_cache
@@ -79,6 +80,7 @@ class ModelRunner:
         batch = sorted(scheduled, key=lambda item: (item[1] != 1, item[0].num_computed_tokens))
         input_ids, positions, meta = self.prepare(batch)
         hidden = self.model(input_ids, positions, self.kv_cache, meta)
+        prompt_logprobs.record(self.model, batch, hidden, meta)
         done = [i for i, (seq, n) in enumerate(batch) if seq.num_computed_tokens + n == seq.num_tokens]
         if not done:
             return {}

@@ -26,6 +26,9 @@ class RequestOutput:
     """Tokens generated so far, in total."""
     num_cached_tokens: int = 0
     """Prompt tokens whose KV came from the prefix cache."""
+    prompt_logprobs: list[SampleLogprobs] | None = None
+    """With the first token of a request that asked for `prompt_logprobs`: one entry per prompt token; the
+    first one's logprob is meaningless (nothing predicts it) and its top list empty."""
 
 
 @dataclass

@@ -29,7 +29,7 @@ from nereid.server.types import InferRequest
 
 _FLOATS = ("temperature", "top_p", "min_p", "repetition_penalty", "frequency_penalty", "presence_penalty")
 _INTS = ("n", "top_k", "min_tokens")
-_OPTIONAL_INTS = ("seed", "max_tokens", "logprobs")
+_OPTIONAL_INTS = ("seed", "max_tokens", "logprobs", "prompt_logprobs")
 _BOOLS = ("ignore_eos", "include_stop_str_in_output", "skip_special_tokens")
 SAMPLING_KEYS = frozenset(
     (*_FLOATS, *_INTS, *_OPTIONAL_INTS, *_BOOLS, "stop", "stop_token_ids", "logit_bias")

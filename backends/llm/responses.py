@@ -18,14 +18,23 @@ from nereid.backends.llm.outputs import RequestOutput
 from nereid.backends.llm.requests import EngineRequest
 from nereid.backends.llm.sequence import SampleLogprobs
 from nereid.backends.llm.tokenizer import Tokenizer
-from nereid.server.textgen import LOGPROBS, TOKEN_IDS, TokenLogprob, TopLogprob
+from nereid.server.textgen import LOGPROBS, PROMPT_LOGPROBS, TOKEN_IDS, TokenLogprob, TopLogprob
 from nereid.server.types import InferRequest, InferResponse, Tensor
 
 
 class RequestState:
     """One request inside the driver: what it has produced and when (for metrics)."""
 
-    __slots__ = ("decoded", "first_token_ns", "last_token_ns", "logprobs", "request", "texts", "token_ids")
+    __slots__ = (
+        "decoded",
+        "first_token_ns",
+        "last_token_ns",
+        "logprobs",
+        "prompt_logprobs",
+        "request",
+        "texts",
+        "token_ids",
+    )
 
     def __init__(self, request: InferRequest, decoded: EngineRequest) -> None:
         self.request = request
@@ -36,6 +45,7 @@ class RequestState:
         self.texts: list[str] = []
         self.token_ids: list[int] = []
         self.logprobs: list[SampleLogprobs] = []
+        self.prompt_logprobs: list[SampleLogprobs] | None = None
 
     @property
     def cancelled(self) -> bool:
@@ -46,12 +56,15 @@ class RequestState:
         """The response to send for ``out``, or None while a non-streaming request is unfinished."""
         if self.decoded.stream:
             text, ids, logprobs = out.new_text, out.new_token_ids, out.new_logprobs
+            prompt_logprobs = out.prompt_logprobs
             if self.decoded.prompt_text:
                 text, self.decoded.prompt_text = self.decoded.prompt_text + text, ""
         else:
             self.texts.append(out.new_text)
             self.token_ids.extend(out.new_token_ids)
             self.logprobs.extend(out.new_logprobs)
+            self.prompt_logprobs = out.prompt_logprobs or self.prompt_logprobs
+            prompt_logprobs = self.prompt_logprobs
             if not out.finished:
                 return None
             text = self.decoded.prompt_text + "".join(self.texts)
@@ -68,6 +81,8 @@ class RequestState:
                 params["stop_reason"] = out.stop_reason
         if self.decoded.params.logprobs is not None:
             params[LOGPROBS] = [_token_logprob(lp, tokenizer) for lp in logprobs]
+        if prompt_logprobs:
+            params[PROMPT_LOGPROBS] = [_token_logprob(lp, tokenizer) for lp in prompt_logprobs]
         return InferResponse(id=self.request.id, outputs=[text_tensor(text)], parameters=params)
 
 

@@ -36,6 +36,9 @@ class SamplingParams:
     min_tokens: int = 0
     ignore_eos: bool = False
     logprobs: int | None = None
+    prompt_logprobs: int | None = None
+    """Logprobs of the prompt's tokens (and the top k at each position) from the prefill logits; the first
+    token has none. Such a request skips the prefix cache (its prompt's logits must all be computed)."""
     skip_special_tokens: bool = True
     logit_bias: dict[int, float] = field(default_factory=dict)
     """Added to the logits of these token ids before sampling (OpenAI: -100..100; ids checked by the engine)."""
@@ -67,6 +70,10 @@ class SamplingParams:
             ),
             (self.min_tokens >= 0, f"min_tokens must be >= 0, got {self.min_tokens}"),
             (self.logprobs is None or self.logprobs >= 0, f"logprobs must be >= 0, got {self.logprobs}"),
+            (
+                self.prompt_logprobs is None or self.prompt_logprobs >= 0,
+                f"prompt_logprobs must be >= 0, got {self.prompt_logprobs}",
+            ),
             (all(isinstance(s, str) and s for s in self.stop), "stop strings must be non-empty strings"),
             (
                 all(isinstance(t, int) and t >= 0 for t in self.stop_token_ids),

@@ -68,6 +68,10 @@ class Sequence:
         self.finish_reason: FinishReason | None = None
         self.stop_reason: str | int | None = None
         self.output_logprobs: list[SampleLogprobs] = []
+        self.prompt_logprobs: list[SampleLogprobs] = []
+        """Filled by the model runner during prefill when `params.prompt_logprobs` is set."""
+        if params.prompt_logprobs is not None:
+            self.prompt_logprobs.append(SampleLogprobs(prompt_token_ids[0], 0.0))
 
     def __repr__(self) -> str:
         return (

@@ -59,6 +59,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "max_n": _int,
     "max_logprobs": _int,
     "seed": _int,
+    "weights": str.strip,
 }
 PATH_PARAMETERS = ("model", "tokenizer")
 
@@ -98,7 +99,7 @@ def engine_config(context: ModelContext, instance: InstanceContext) -> EngineCon
                 values[key] = _PARSERS[key](text)
             except ValueError as exc:
                 raise InvalidArgument(f"parameter '{key}': invalid value {text!r} ({exc})") from None
-        else:
+        elif not key.startswith("nereid."):  # server-wide keys (nereid.task, ...) are read elsewhere
             log.warning("model '%s': ignoring unknown parameter '%s'", context.name, key)
     if "model" not in values:
         values["model"] = str(default_model_path(context.version_dir))

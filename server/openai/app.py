@@ -1,4 +1,4 @@
-"""The OpenAI-compatible API (``/v1/models``, ``/v1/completions``, ``/v1/chat/completions``).
+"""The OpenAI-compatible API (``/v1/models``, ``/v1/completions``, ``/v1/chat/completions``, ``/v1/embeddings``).
 
 Mounted on the HTTP front-end as the ``v1`` prefix. A pure translation: a call becomes one
 InferRequest per generation (``n``/``best_of`` candidates of each prompt; see
@@ -16,6 +16,7 @@ from typing import Any
 
 from nereid.proto import model_config_pb2 as mc
 from nereid.server.core import InferenceCore
+from nereid.server.embedding import is_embedding
 from nereid.server.errors import NotFound
 from nereid.server.http import codec
 from nereid.server.http.asgi import Request, Send, allow, respond, send_event, start_events
@@ -29,7 +30,8 @@ from nereid.server.openai.bridge import (
     split_model,
     to_infer_request,
 )
-from nereid.server.openai.errors import OpenAIError, as_openai_error, model_not_found
+from nereid.server.openai.embeddings import create_embeddings, parse_embedding
+from nereid.server.openai.errors import OpenAIError, as_openai_error, bad_request, model_not_found
 from nereid.server.openai.fanout import merge
 from nereid.server.openai.fields import obj
 from nereid.server.openai.protocol import CompletionCall, parse_chat, parse_completion
@@ -79,6 +81,13 @@ class OpenAIFrontend:
             case ["chat", "completions"]:
                 allow(request.method, "POST")
                 await self.generate(request, send, parse_chat(await request.json()))
+            case ["embeddings"]:
+                allow(request.method, "POST")
+                call = parse_embedding(await request.json())
+                config = self._llm_config(call.model)
+                if not is_embedding(config):  # vLLM's answer for a model without the task
+                    raise bad_request("The model does not support Embeddings API", "model")
+                await respond(send, 200, codec.dumps(await create_embeddings(self.core, config, call)))
             case _:
                 raise OpenAIError(404, f"no route for /v1/{'/'.join(rest)}")
 
@@ -86,7 +95,7 @@ class OpenAIFrontend:
         """Every text generator by name (the core picks its version) and each loaded version as ``name:v``."""
         versions: dict[str, list[int]] = {}
         for m in self.core.loaded_models():
-            if is_llm(m.config):
+            if is_llm(m.config) or is_embedding(m.config):
                 versions.setdefault(m.name, []).append(m.version)
         return [
             i for name in sorted(versions) for i in (name, *(f"{name}:{v}" for v in sorted(versions[name])))
@@ -96,12 +105,13 @@ class OpenAIFrontend:
         return {"id": model_id, "object": "model", "created": self.created, "owned_by": "nereid"}
 
     def _llm_config(self, model: str) -> mc.ModelConfig:
-        """The config of ``model`` (``name`` or ``name:version``) if it is a ready text generator, else 404."""
+        """The config of ``model`` (``name`` or ``name:version``) if it is a ready text generator or embedding
+        model, else 404."""
         try:
             config = self.core.model_config(*split_model(model))
         except NotFound:
             raise model_not_found(model) from None
-        if not is_llm(config):
+        if not (is_llm(config) or is_embedding(config)):
             raise model_not_found(model)
         return config
 
@@ -119,6 +129,10 @@ class OpenAIFrontend:
 
     async def generate(self, request: Request, send: Send, call: CompletionCall) -> None:
         config = self._llm_config(call.model)
+        if is_embedding(config):
+            raise bad_request(
+                f"The model does not support {'Chat ' if call.chat else ''}Completions API", "model"
+            )
         check_fan_out(call, config)
         echoes = [
             p if call.echo and isinstance(p, str) and not backend_echoes(config) else "" for p in call.prompts

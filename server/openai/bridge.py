@@ -19,7 +19,15 @@ import orjson
 from nereid.proto import model_config_pb2 as mc
 from nereid.server.openai.errors import bad_request
 from nereid.server.openai.protocol import CompletionCall
-from nereid.server.textgen import LOGPROBS, MESSAGES, TOKEN_IDS, TokenLogprob, read_logprobs, read_token_ids
+from nereid.server.textgen import (
+    LOGPROBS,
+    MESSAGES,
+    PROMPT_LOGPROBS,
+    TOKEN_IDS,
+    TokenLogprob,
+    read_logprobs,
+    read_token_ids,
+)
 from nereid.server.types import InferRequest, InferResponse, Tensor
 
 #: Backends whose models are always text generators and speak the typed form; decoupled models that declare
@@ -131,6 +139,8 @@ class Delta:
     text: str = ""
     token_ids: list[int] = field(default_factory=list)
     logprobs: list[TokenLogprob] | None = None
+    prompt_logprobs: list[TokenLogprob] | None = None
+    """Echo with logprobs: one per prompt token (the first one's logprob is no value), before any output."""
     finish_reason: str | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
@@ -150,6 +160,7 @@ def read_delta(response: InferResponse, index: int = 0) -> Delta:
         text=text,
         token_ids=read_token_ids(params.get(TOKEN_IDS)),
         logprobs=read_logprobs(params.get(LOGPROBS)),
+        prompt_logprobs=read_logprobs(params.get(PROMPT_LOGPROBS)),
         finish_reason=params.get("finish_reason") or None,
         prompt_tokens=_count(params.get("prompt_tokens")),
         completion_tokens=_count(params.get("completion_tokens")),

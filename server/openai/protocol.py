@@ -67,8 +67,8 @@ def parse_completion(body: Any) -> CompletionCall:
     if body.get("suffix"):
         raise bad_request("'suffix' is not supported by this server", "suffix")
     gen.logprobs = number(body, "logprobs", True, 0, MAX_TOP_LOGPROBS)
-    if gen.echo and gen.logprobs is not None:
-        raise bad_request("'echo' with 'logprobs' (prompt logprobs) is not supported by this server", "echo")
+    if gen.echo and gen.logprobs is not None:  # the prompt's logprobs come first, from the prefill
+        gen.sampling["prompt_logprobs"] = gen.logprobs
     gen.sampling.setdefault("max_tokens", 16)  # OpenAI's default for completions
     return _finish(gen)
 

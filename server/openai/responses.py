@@ -52,6 +52,7 @@ class Reply:
         self.top = call.logprobs
         self.n, self.best_of = call.n, call.best_of
         self.include_usage = call.include_usage
+        self.echo_logprobs = call.echo and not call.chat and call.logprobs is not None
         echoes = echoes or []
         self.choices = [
             _Choice(call.chat, self.top, echoes[i // self.best_of] if echoes else "")
@@ -70,22 +71,31 @@ class Reply:
                 setattr(choice, key, getattr(delta, key))
         choice.finish_reason = delta.finish_reason or choice.finish_reason
         choice.cumulative_logprob += sum(e.logprob for e in delta.logprobs or [])
-        logprobs = self._logprobs(choice, delta.logprobs or [])
+        prompt = (delta.prompt_logprobs or []) if self.echo_logprobs else []
+        logprobs = self._logprobs(choice, delta.logprobs or [], prompt)
         if not (text or logprobs or delta.finish_reason):
             return None
         return self._chunk(delta.index, text, logprobs, delta.finish_reason)
 
-    def _logprobs(self, choice: _Choice, entries: list[TokenLogprob]) -> dict[str, list[Any]] | None:
-        if choice.logprobs is None or not entries:
+    def _logprobs(
+        self, choice: _Choice, entries: list[TokenLogprob], prompt: list[TokenLogprob]
+    ) -> dict[str, list[Any]] | None:
+        """This delta's logprobs piece; echoed prompt tokens (``prompt``) come first, the first one with null
+        logprob and top_logprobs as OpenAI and vLLM send it."""
+        if choice.logprobs is None or not (entries or prompt):
             return None
         if self.chat:
             piece: dict[str, list[Any]] = {"content": [self._chat_entry(e) for e in entries]}
         else:
             piece = {key: [] for key in choice.logprobs}
-            for e in entries:
-                top = {t.token: t.logprob for t in e.top_logprobs[: self.top]}
-                top.setdefault(e.token, e.logprob)
-                for key, value in zip(piece, (e.token, e.logprob, top, choice.offset), strict=True):
+            for index, e in enumerate([*prompt, *entries]):
+                top: dict[str, float] | None = None
+                logprob: float | None = None
+                if not (prompt and index == 0):
+                    top = {t.token: t.logprob for t in e.top_logprobs[: self.top]}
+                    top.setdefault(e.token, e.logprob)
+                    logprob = e.logprob
+                for key, value in zip(piece, (e.token, logprob, top, choice.offset), strict=True):
                     piece[key].append(value)
                 choice.offset += len(e.token)
         for key, values in piece.items():
