@@ -38,6 +38,7 @@ SERVER_VERSION = "0.1.0"
 # Every name here is an extension that works end to end; GET /v2 reports exactly these.
 EXTENSIONS = (
     "binary_tensor_data",
+    "logging",
     "model_configuration",
     "model_repository",
     "parameters",

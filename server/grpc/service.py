@@ -20,7 +20,7 @@ from nereid.server.core import InferenceCore
 from nereid.server.errors import ServingError, Unsupported, as_serving_error
 from nereid.server.grpc import codec
 from nereid.server.grpc.errors import GRPC_STATUS
-from nereid.server.grpc.observe import observe, trace_setting
+from nereid.server.grpc.observe import log_settings, observe, trace_setting
 from nereid.server.grpc.stream import StreamSession
 from nereid.server.lifecycle import load_parameters, unload_dependents
 
@@ -173,6 +173,10 @@ class InferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
     ) -> pb.TraceSettingResponse:
         return trace_setting(self.core, request)
 
+    @_unary
+    async def LogSettings(self, request: pb.LogSettingsRequest, context: Context) -> pb.LogSettingsResponse:
+        return log_settings(request)
+
     # ---- extensions Nereid does not offer -----------------------------------------------------
 
     SystemSharedMemoryStatus = _unimplemented("system shared memory")
@@ -181,7 +185,6 @@ class InferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
     CudaSharedMemoryStatus = _unimplemented("CUDA shared memory")
     CudaSharedMemoryRegister = _unimplemented("CUDA shared memory")
     CudaSharedMemoryUnregister = _unimplemented("CUDA shared memory")
-    LogSettings = _unimplemented("log settings (the logging extension)")
 
 
 def _repository_parameters(params: Any) -> dict[str, object]:

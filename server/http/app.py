@@ -25,7 +25,13 @@ from nereid.server.http.asgi import allow as _allow
 from nereid.server.http.disconnect import cancel_on_disconnect
 from nereid.server.http.generate import generate
 from nereid.server.http.guard import HttpGuard
-from nereid.server.http.observe import adopt_request_id, begin_trace, echo_headers, trace_setting
+from nereid.server.http.observe import (
+    adopt_request_id,
+    begin_trace,
+    echo_headers,
+    log_setting,
+    trace_setting,
+)
 from nereid.server.lifecycle import load_parameters, unload_dependents
 from nereid.server.logs import access_logged
 from nereid.server.model_config import config_to_dict
@@ -94,6 +100,9 @@ class HttpFrontend:
             case ["trace", "setting"]:
                 _allow_any(method, ("GET", "POST"))
                 await respond(send, 200, codec.dumps(await trace_setting(self.core, request, "")))
+            case ["logging"]:
+                _allow_any(method, ("GET", "POST"))
+                await respond(send, 200, codec.dumps(await log_setting(request)))
             case ["repository", "index"] | ["repository", _, "index"]:
                 _allow(method, "POST")
                 body = await request.json()

@@ -131,7 +131,6 @@ def test_unsupported_extensions_answer_unimplemented(repo, start_server):
     calls = {
         "system shared memory": client.get_system_shared_memory_status,
         "CUDA shared memory": client.get_cuda_shared_memory_status,
-        "log": client.get_log_settings,
     }
     for feature, call in calls.items():
         with pytest.raises(InferenceServerException) as info:
