@@ -75,7 +75,6 @@ def test_health_metadata_config_and_stats(repo, start_server):
     for call in (
         lambda: client.get_model_metadata("nope"),
         lambda: client.get_model_config("nope"),
-        lambda: client.get_inference_statistics("nope"),
         lambda: client.get_model_metadata("add_sub", "9"),
     ):
         with pytest.raises(InferenceServerException) as info:
