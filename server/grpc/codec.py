@@ -20,6 +20,7 @@ from nereid.server.catalog import IndexEntry, ModelMetadata, ServerMetadata
 from nereid.server.datatypes import (
     DATATYPES,
     NUMPY_DTYPES,
+    SizeMismatch,
     element_count,
     tensor_from_raw,
     tensor_to_raw,
@@ -110,7 +111,9 @@ def decode_request(msg: pb.ModelInferRequest) -> InferRequest:
             f"raw_input_contents has {len(raw)} entries but the request has {len(msg.inputs)} inputs; "
             "when raw contents are used every input needs exactly one"
         )
-    inputs = [_decode_input(tensor, raw[i] if raw else None) for i, tensor in enumerate(msg.inputs)]
+    inputs = [
+        _decode_input(tensor, raw[i] if raw else None, msg.model_name) for i, tensor in enumerate(msg.inputs)
+    ]
     outputs = [_decode_output(output) for output in msg.outputs]
     return InferRequest(
         model_name=msg.model_name,
@@ -122,7 +125,7 @@ def decode_request(msg: pb.ModelInferRequest) -> InferRequest:
     )
 
 
-def _decode_input(msg: pb.ModelInferRequest.InferInputTensor, raw: bytes | None) -> Tensor:
+def _decode_input(msg: pb.ModelInferRequest.InferInputTensor, raw: bytes | None, model: str) -> Tensor:
     name, datatype = msg.name, msg.datatype
     if not name:
         raise InvalidArgument("each input needs a name")
@@ -137,7 +140,7 @@ def _decode_input(msg: pb.ModelInferRequest.InferInputTensor, raw: bytes | None)
                 f"input '{name}': contents must not be specified when raw_input_contents is used"
             )
         shape = check_shape(name, list(msg.shape), raw_element_limit(datatype, len(raw)))
-        data = _from_raw(name, datatype, shape, raw)
+        data = _from_raw(name, datatype, shape, raw, model)
     else:
         shape = check_shape(name, list(msg.shape), _typed_count(msg.contents))
         data = _from_typed(name, datatype, shape, msg.contents)
@@ -149,9 +152,11 @@ def _typed_count(contents: pb.InferTensorContents) -> int:
     return max((len(values) for _, values in contents.ListFields()), default=0)
 
 
-def _from_raw(name: str, datatype: str, shape: tuple[int, ...], raw: bytes) -> np.ndarray:
+def _from_raw(name: str, datatype: str, shape: tuple[int, ...], raw: bytes, model: str) -> np.ndarray:
     try:
         return tensor_from_raw(datatype, shape, raw)
+    except SizeMismatch as exc:
+        raise exc.named(name, model) from None
     except InvalidArgument as exc:
         raise InvalidArgument(f"input '{name}': {exc.message}") from None
     except ValueError as exc:  # numpy refuses shapes it cannot represent

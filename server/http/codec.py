@@ -17,6 +17,7 @@ from nereid.server.catalog import ModelMetadata
 from nereid.server.datatypes import (
     DATATYPES,
     NUMPY_DTYPES,
+    SizeMismatch,
     element_count,
     tensor_from_raw,
     tensor_to_raw,
@@ -137,7 +138,7 @@ def decode_request(
     inputs: list[Tensor] = []
     offset = 0
     for item in raw_inputs:
-        tensor, used = _decode_input(item, binary, offset, len(header))
+        tensor, used = _decode_input(item, binary, offset, len(header), model_name)
         inputs.append(tensor)
         offset += used
     if offset != len(binary):
@@ -163,7 +164,9 @@ def _list(value: Any, what: str) -> list[Any]:
     return value
 
 
-def _decode_input(item: Any, binary: memoryview, offset: int, json_size: int) -> tuple[Tensor, int]:
+def _decode_input(
+    item: Any, binary: memoryview, offset: int, json_size: int, model: str
+) -> tuple[Tensor, int]:
     if not isinstance(item, dict):
         raise InvalidArgument("each input must be a JSON object")
     name = item.get("name")
@@ -185,6 +188,8 @@ def _decode_input(item: Any, binary: memoryview, offset: int, json_size: int) ->
         shape = check_shape(name, item.get("shape"), raw_element_limit(datatype, size))
         try:
             data = tensor_from_raw(datatype, shape, binary[offset : offset + size])
+        except SizeMismatch as exc:
+            raise exc.named(name, model) from None
         except InvalidArgument as exc:
             raise InvalidArgument(f"input '{name}': {exc.message}") from None
         params = {k: v for k, v in params.items() if k != "binary_data_size"}
