@@ -166,11 +166,20 @@ class Tensor:
         return True
 
     def to_dlpack(self) -> Any:
-        if self._array.dtype == np.object_:
+        """A DLPack capsule over the tensor; BF16 (numpy's uint16 bit patterns) is a bfloat16 one."""
+        array = self._array
+        if array.dtype == np.object_:
             raise TritonModelException(f"tensor '{self._name}': BYTES tensors have no DLPack form")
-        return np.ascontiguousarray(self._array).__dlpack__()
+        if not array.flags.writeable or not array.flags.c_contiguous:
+            # Inputs sit read-only in the request's buffer, and the legacy DLPack capsule cannot
+            # say "read-only": hand out a private copy that the model may write into.
+            array = np.array(array, order="C", copy=True)
+        if self._datatype == "BF16" and array.dtype == np.uint16:
+            torch = _torch(self._name)
+            return torch.utils.dlpack.to_dlpack(torch.from_numpy(array.view(np.int16)).view(torch.bfloat16))
+        return array.__dlpack__()
 
-    def __dlpack__(self, stream: Any = None) -> Any:
+    def __dlpack__(self, stream: Any = None, **kwargs: Any) -> Any:
         return self.to_dlpack()
 
     def __dlpack_device__(self) -> tuple[int, int]:
@@ -187,19 +196,25 @@ class Tensor:
                 raise BufferError
             array = np.from_dlpack(_HostCapsule(capsule) if bare else capsule)
         except (AttributeError, TypeError, RuntimeError, BufferError):
-            try:
-                import torch
-                import torch.utils.dlpack
-            except ImportError:
-                raise TritonModelException(
-                    f"tensor '{name}': cannot read this DLPack object without torch installed"
-                ) from None
+            torch = _torch(name)
             value = capsule if isinstance(capsule, torch.Tensor) else torch.utils.dlpack.from_dlpack(capsule)
-            array = value.detach().cpu().numpy()
+            value = value.detach().cpu()
+            if value.dtype == torch.bfloat16:  # numpy has no bfloat16: keep the bits, say BF16
+                return Tensor(name, value.view(torch.int16).numpy().view(np.uint16), "BF16")
+            array = value.numpy()
         return Tensor(name, array)
 
     def __repr__(self) -> str:
         return f"Tensor({self._name!r}, shape={list(self._array.shape)}, dtype={self._array.dtype})"
+
+
+def _torch(name: str) -> Any:
+    try:
+        import torch
+        import torch.utils.dlpack
+    except ImportError:
+        raise TritonModelException(f"tensor '{name}': this DLPack tensor needs torch installed") from None
+    return torch
 
 
 class _HostCapsule:
