@@ -7,8 +7,8 @@ before it imports a model file.
 Covered: ``Tensor`` (numpy and DLPack), ``InferenceRequest`` (incoming requests and BLS
 ``exec``/``async_exec``), ``InferenceResponse``, ``InferenceResponseSender`` for decoupled
 models, ``TritonError`` with its codes, ``TritonModelException``, ``ModelConfig`` for
-``auto_complete_config``, ``Logger``, the model loading API and the config/type helpers.
-Not covered: ``MetricFamily``, request rescheduling, GPU tensors (DLPack input is copied to
+``auto_complete_config``, ``Logger``, ``MetricFamily`` (custom metrics, :mod:`.pb_metrics`), the
+model loading API and the config/type helpers. Not covered: request rescheduling, GPU tensors (DLPack input is copied to
 host memory).
 """
 
@@ -27,6 +27,8 @@ from typing import Any, Protocol, TypeAlias
 import numpy as np
 
 from nereid.backends.python import runtime
+from nereid.backends.python.pb_metrics import Metric as Metric
+from nereid.backends.python.pb_metrics import MetricFamily as MetricFamily
 
 TRITONSERVER_RESPONSE_COMPLETE_FINAL = 1
 TRITONSERVER_REQUEST_FLAG_SEQUENCE_START = 1
