@@ -14,19 +14,17 @@ from __future__ import annotations
 from typing import Any
 
 from nereid.backends.python import runtime
+from nereid.backends.python.custom_metrics import STORE, MetricError
+from nereid.backends.python.pb_errors import TritonModelException
 
 
 def _call(op: tuple[Any, ...]) -> Any:
     forward = getattr(runtime.current(), "metric", None)
     if forward is not None:
         return forward(op)  # a stub: raises TritonModelException itself
-    from nereid.backends.python.custom_metrics import STORE
-
     try:
         return STORE.apply(op)
-    except ValueError as exc:
-        from nereid.backends.python.pb_utils import TritonModelException
-
+    except MetricError as exc:
         raise TritonModelException(str(exc)) from None
 
 

@@ -27,6 +27,7 @@ from typing import Any, Protocol, TypeAlias
 import numpy as np
 
 from nereid.backends.python import runtime
+from nereid.backends.python.pb_errors import TritonModelException as TritonModelException
 from nereid.backends.python.pb_metrics import Metric as Metric
 from nereid.backends.python.pb_metrics import MetricFamily as MetricFamily
 
@@ -121,17 +122,6 @@ class TritonError:
 
     def __repr__(self) -> str:
         return f"TritonError({self._message!r}, {self.code_name()})"
-
-
-class TritonModelException(Exception):
-    """Raised by user code (or by this module) to fail ``initialize``, ``execute`` or ``finalize``."""
-
-    def __init__(self, msg: str = "") -> None:
-        super().__init__(msg)
-        self._msg = msg
-
-    def message(self) -> str:
-        return self._msg
 
 
 # ---- tensors -------------------------------------------------------------------------------
