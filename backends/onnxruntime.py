@@ -230,4 +230,4 @@ def _bf16_bits(value: ort.OrtValue) -> np.ndarray:
     if count == 0:
         return np.zeros(shape, np.uint16)
     buffer = (ctypes.c_uint16 * count).from_address(value.data_ptr())
-    return np.frombuffer(buffer, np.uint16).reshape(shape).copy()
+    return np.ctypeslib.as_array(buffer).reshape(shape).copy()

@@ -69,9 +69,11 @@ class MetricStore:
         with self._lock:
             match op:
                 case ("family", name, description, kind):
-                    return self._family(name, description, kind)
+                    self._family(name, description, kind)
+                    return None
                 case ("metric", name, labels, buckets):
-                    return self._metric(name, labels, buckets)
+                    self._metric(name, labels, buckets)
+                    return None
                 case (("increment" | "set" | "observe" | "value") as action, name, labels, value):
                     return self._update(action, name, labels, value)
         raise MetricError(f"unknown metric operation {op[0]!r}" if op else "empty metric operation")
@@ -91,26 +93,22 @@ class MetricStore:
                 raise MetricError(
                     f"metric family '{name}' already exists as a {KINDS[found.kind]}, not a {KINDS[kind]}"
                 )
-            return None  # the first description stays, as in Triton
+            return  # the first description stays, as in Triton
         self._families[name] = _Family(name, description, kind)
         if not self._registered:
             REGISTRY.register(_Collector(self))
             self._registered = True
-        return None
 
     def _metric(self, name: str, labels: Any, buckets: Any) -> None:
         family = self._get(name)
         key = _label_key(name, labels)
         if family.kind == HISTOGRAM:
             bounds = _buckets(name, buckets)
-            self._families[name].series.setdefault(
-                key, _Series(buckets=bounds, counts=[0] * (len(bounds) + 1))
-            )
+            family.series.setdefault(key, _Series(buckets=bounds, counts=[0] * (len(bounds) + 1)))
         else:
             if buckets is not None:
                 raise MetricError(f"metric family '{name}': only histograms take buckets")
             family.series.setdefault(key, _Series())
-        return None
 
     def _update(self, action: str, name: str, labels: Any, value: Any) -> float | None:
         family = self._get(name)
