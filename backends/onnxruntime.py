@@ -10,6 +10,7 @@ provider is added by ``optimization { execution_accelerators { gpu_execution_acc
 
 from __future__ import annotations
 
+import ctypes
 import logging
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from nereid.server.types import InferRequest, InferResponse
 
 log = logging.getLogger(__name__)
 
+ONNX_BFLOAT16 = 16  # onnx.TensorProto.BFLOAT16
 DEFAULT_MAX_BATCH_SIZE = 4  # Triton's --backend-config=default-max-batch-size
 
 # ONNX element type (as onnxruntime names it) -> API datatype.
@@ -162,6 +164,11 @@ class OnnxInstance(ModelInstance):
         super().__init__(model, context)
         self.session = session
         self.output_names = [o.name for o in session.get_outputs()]
+        # numpy has no bfloat16: a model with BF16 tensors runs on OrtValues (the bits as uint16).
+        self.bf16_inputs = {i.name for i in session.get_inputs() if i.type == "tensor(bfloat16)"}
+        self.uses_bf16 = bool(self.bf16_inputs) or any(
+            o.type == "tensor(bfloat16)" for o in session.get_outputs()
+        )
         config = model.config
         self.datatypes = {o.name: _ORT_TYPES.get(o.type, "FP32") for o in session.get_outputs()}
         for output in config.output:
@@ -187,7 +194,19 @@ class OnnxInstance(ModelInstance):
         return self.loop.execute(requests)
 
     def _run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
-        return self.session.run(self.output_names, feed)
+        if not self.uses_bf16:
+            return self.session.run(self.output_names, feed)
+        values = {
+            name: ort.OrtValue.ortvalue_from_numpy_with_onnx_type(np.ascontiguousarray(array), ONNX_BFLOAT16)
+            if name in self.bf16_inputs
+            else ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array))
+            for name, array in feed.items()
+        }
+        outputs = self.session.run_with_ort_values(self.output_names, values)
+        return [
+            _bf16_bits(value) if value.data_type() == "tensor(bfloat16)" else value.numpy()
+            for value in outputs
+        ]
 
     def _fetch(self, arrays: list[np.ndarray], call: list[InferRequest]) -> Fetched:
         return {
@@ -197,7 +216,7 @@ class OnnxInstance(ModelInstance):
 
 
 def _to_ort_inputs(request: InferRequest) -> None:
-    """BYTES become ``str`` for onnxruntime (which only takes UTF-8 text); BF16 is refused."""
+    """BYTES become ``str`` for onnxruntime (which only takes UTF-8 text)."""
     for tensor in request.inputs:
         if tensor.datatype == "BYTES":
             try:
@@ -206,8 +225,6 @@ def _to_ort_inputs(request: InferRequest) -> None:
                 raise InvalidArgument(
                     f"input '{tensor.name}': onnxruntime only accepts UTF-8 strings in BYTES tensors"
                 ) from None
-        elif tensor.datatype == "BF16":
-            raise InvalidArgument(f"input '{tensor.name}': onnxruntime's Python API cannot take BF16 tensors")
 
 
 def _from_ort(datatype: str, array: np.ndarray) -> np.ndarray:
@@ -217,3 +234,15 @@ def _from_ort(datatype: str, array: np.ndarray) -> np.ndarray:
             [s.encode("utf-8") if isinstance(s, str) else bytes(s) for s in array.reshape(-1)], dtype=object
         ).reshape(array.shape)
     return array
+
+
+def _bf16_bits(value: ort.OrtValue) -> np.ndarray:
+    """A host bfloat16 OrtValue's bits as a uint16 array (onnxruntime cannot give it to numpy)."""
+    if value.device_name().lower() != "cpu":
+        raise Unavailable("a BF16 output in device memory cannot be read back; run the model on CPU")
+    shape = tuple(value.shape())
+    count = int(np.prod(shape, dtype=np.int64))
+    if count == 0:
+        return np.zeros(shape, np.uint16)
+    buffer = (ctypes.c_uint16 * count).from_address(value.data_ptr())
+    return np.ctypeslib.as_array(buffer).reshape(shape).copy()

@@ -7,7 +7,10 @@ on free loopback ports, and answer the same KServe v2 HTTP and gRPC APIs, so one
 Triton comes from the ``nvidia-pytriton`` wheel, which ships the real ``tritonserver`` binary, the
 Python backend and a Python backend stub per Python version. :func:`prepare_triton` downloads the
 wheel with ``pip download`` into ``bench/.triton/`` (git-ignored) and unpacks it; nothing is
-installed into the environment.
+installed into the environment. The stub of Triton 2.51 reads numpy arrays through the numpy 1.x
+ABI: with numpy 2 every output of a Python model arrives with 0 bytes ("output tensor shape does
+not match size of output"). So the stub gets its own small virtual environment with ``numpy<2``
+in ``bench/.triton/stub-env`` (the model files Triton runs need nothing else).
 """
 
 from __future__ import annotations
@@ -212,6 +215,11 @@ class TritonDist:
     def libs(self) -> Path:
         return self.root / "nvidia_pytriton.libs"
 
+    @property
+    def stub_env(self) -> Path:
+        """The virtual environment the Python backend stub embeds (numpy<2; see the module docstring)."""
+        return self.root.parent / "stub-env"
+
     def version(self) -> str:
         for info in self.root.glob("nvidia_pytriton-*.dist-info"):
             return info.name.removeprefix("nvidia_pytriton-").removesuffix(".dist-info")
@@ -252,7 +260,22 @@ def prepare_triton(download: bool = True, home: Path = TRITON_HOME) -> TritonDis
     if not target.is_file() or target.stat().st_size != stub.stat().st_size:
         shutil.copy(stub, target)
     target.chmod(0o755)
+    _stub_env(dist.stub_env, download)
     return dist
+
+
+def _stub_env(env: Path, download: bool) -> None:
+    """A venv of this interpreter with numpy<2, for the stub (made once)."""
+    python = env / "bin" / "python"
+    check = [str(python), "-c", "import numpy, sys; sys.exit(numpy.__version__ >= '2')"]
+    if python.exists() and subprocess.run(check, capture_output=True).returncode == 0:
+        return
+    if not download:
+        raise RuntimeError(f"no numpy<2 environment for the Triton stub at {env}; run without --no-download")
+    shutil.rmtree(env, ignore_errors=True)
+    base = getattr(sys, "_base_executable", sys.executable)
+    subprocess.run([base, "-m", "venv", str(env)], check=True)
+    subprocess.run([str(python), "-m", "pip", "install", "-q", "numpy<2"], check=True)
 
 
 def triton_env(dist: TritonDist) -> dict[str, str]:
@@ -261,14 +284,14 @@ def triton_env(dist: TritonDist) -> dict[str, str]:
     - ``LD_LIBRARY_PATH``: the wheel's bundled libraries, and the directory of this interpreter's
       ``libpython3.X.so.1.0``, which the stub links against (the stub's RPATH points at the
       wheel's libs folder, which has only pytriton's own libpython);
-    - ``PATH``: this environment's ``bin`` first. The stub embeds Python without setting a
-      program name, so Python looks up ``python3`` on ``PATH``, finds the venv's ``pyvenv.cfg``
-      and therefore the venv's site-packages (numpy).
+    - ``PATH``: the stub's environment's ``bin`` first. The stub embeds Python without setting a
+      program name, so Python looks up ``python3`` on ``PATH``, finds that venv's ``pyvenv.cfg``
+      and therefore its site-packages (numpy<2).
     """
     env = dict(os.environ)
     libdirs = [sysconfig.get_config_var("LIBDIR") or "", str(dist.libs), env.get("LD_LIBRARY_PATH", "")]
     env["LD_LIBRARY_PATH"] = ":".join(d for d in libdirs if d)
-    env["PATH"] = f"{Path(sys.prefix) / 'bin'}:{env.get('PATH', '')}"
+    env["PATH"] = f"{dist.stub_env / 'bin'}:{env.get('PATH', '')}"
     return env
 
 

@@ -17,13 +17,14 @@ from nereid.proto import model_config_pb2 as mc
 from nereid.server.catalog import IndexEntry, ModelMetadata, ServerMetadata, TensorMetadata
 from nereid.server.errors import (
     Cancelled,
+    InvalidArgument,
     ServingError,
     Unavailable,
     Unsupported,
 )
 from nereid.server.lifecycle import RepositoryPoller
 from nereid.server.model_version import ModelVersion
-from nereid.server.repository import ModelRepository
+from nereid.server.repository import ModelRepository, parse_version
 from nereid.server.resource_limiter import ResourceLimiter
 from nereid.server.response_cache import ResponseCache
 from nereid.server.responses import ResponseStream, UnaryResponse
@@ -42,6 +43,7 @@ SERVER_VERSION = "0.1.0"
 EXTENSIONS = (
     "binary_tensor_data",
     "classification",
+    "logging",
     "model_configuration",
     "model_repository",
     "parameters",
@@ -165,15 +167,23 @@ class InferenceCore:
         return self.repository.lookup(name, version).config
 
     def statistics(self, name: str = "", version: str = "") -> list[ModelStatistics]:
-        """Every loaded version of every model, of ``name``, or of one version of it (as Triton)."""
+        """Every loaded version of every model, of ``name``, or of one version of it.
+
+        A model or version that is not loaded is INVALID_ARG with Triton's wording.
+        """
+        if not name:
+            return [m.stats.snapshot(m.name, m.version_str) for m in self.loaded_models()]
+        entry = self.repository.models.get(name)
+        loaded = entry.versions if entry is not None else {}
+        if not loaded:
+            raise InvalidArgument(f"requested model '{name}' is not available")
+        numbers = sorted(loaded)
         if version:
-            models = [self.repository.lookup(name, version)]
-        elif name:
-            entry = self.repository.entry(name)
-            models = [entry.versions[v] for v in sorted(entry.versions)]
-        else:
-            models = self.loaded_models()
-        return [m.stats.snapshot(m.name, m.version_str) for m in models]
+            number = parse_version(version)
+            if number not in loaded:
+                raise InvalidArgument(f"requested model version is not available for model '{name}'")
+            numbers = [number]
+        return [loaded[v].stats.snapshot(name, loaded[v].version_str) for v in numbers]
 
     def loaded_models(self) -> list[ModelVersion]:
         return [m for e in self.repository.models.values() for m in e.versions.values()]

@@ -92,10 +92,47 @@ def serialize_bytes_tensor(array: np.ndarray) -> bytes:
     return b"".join(parts)
 
 
+class SizeMismatch(InvalidArgument):
+    """Raw tensor data that does not fit its shape: too many or too few bytes, or BYTES elements.
+
+    The codecs know the input's and the model's names; :meth:`named` words it as Triton does.
+    """
+
+    def __init__(self, message: str, expected: int, got: int, elements: bool) -> None:
+        super().__init__(message)
+        self.expected, self.got, self.elements = expected, got, elements
+
+    def named(self, name: str, model: str) -> InvalidArgument:
+        if self.elements:
+            return InvalidArgument(
+                f"expected {self.expected} string elements for inference input '{name}' "
+                f"for model '{model}', got {self.got}"
+            )
+        return InvalidArgument(
+            f"input byte size mismatch for input '{name}' for model '{model}'. "
+            f"Expected {self.expected}, got {self.got}"
+        )
+
+
+def _whole_elements(view: memoryview) -> int | None:
+    """How many length-prefixed elements fill ``view`` exactly; None when the last one is cut short."""
+    offset, count, size = 0, 0, len(view)
+    while offset + 4 <= size:
+        (length,) = struct.unpack_from("<I", view, offset)
+        offset += 4 + length
+        count += 1
+    return count if offset == size else None
+
+
 def deserialize_bytes_tensor(buffer: bytes | memoryview, count: int) -> np.ndarray:
     """Parse exactly ``count`` length-prefixed elements that must fill ``buffer`` exactly."""
     view = memoryview(buffer)
     offset, size = 0, len(view)
+    found = _whole_elements(view)  # one pass over the prefixes, bounded by size / 4
+    if found is not None and found != count:
+        raise SizeMismatch(
+            f"expected {count} string elements, got {found}", expected=count, got=found, elements=True
+        )
     if count * 4 > size:
         # Each element has a 4-byte length prefix: refuse before allocating one slot per element.
         raise InvalidArgument(
@@ -126,9 +163,12 @@ def tensor_from_raw(datatype: str, shape: tuple[int, ...], raw: bytes | memoryvi
         return deserialize_bytes_tensor(raw, count).reshape(shape)
     expected = count * ELEMENT_SIZE[datatype]
     if len(raw) != expected:
-        raise InvalidArgument(
+        raise SizeMismatch(
             f"unexpected raw data size {len(raw)} for {datatype} tensor of shape {list(shape)}, "
-            f"expecting {expected} bytes"
+            f"expecting {expected} bytes",
+            expected=expected,
+            got=len(raw),
+            elements=False,
         )
     dtype = NUMPY_DTYPES[datatype].newbyteorder("<")
     array = np.frombuffer(raw, dtype=dtype).reshape(shape)

@@ -48,21 +48,27 @@ class EscapingFormatter(logging.Formatter):
         return super().formatMessage(record)
 
 
+def formatter_for(log_format: str) -> logging.Formatter:
+    """The formatter of one of :data:`FORMATS` (``text`` and ``default`` are the same)."""
+    if log_format == "json":
+        return JsonFormatter()
+    if log_format == "ISO8601":
+        formatter = EscapingFormatter(TEXT_FORMAT, "%Y-%m-%dT%H:%M:%SZ")
+        formatter.converter = time.gmtime
+        return formatter
+    return EscapingFormatter(TEXT_FORMAT)
+
+
 def configure(log_format: str = "text", verbose: int = 0, stream: Any = None) -> None:
-    """Install one handler on the root logger in the chosen format (replacing earlier ones)."""
+    """Install one handler on the root logger in the chosen format (replacing earlier ones).
+
+    The handler is tagged with its format so the logging extension can change it at run time.
+    """
     if log_format not in FORMATS:
         raise ValueError(f"--log-format must be one of {', '.join(FORMATS)}, got '{log_format}'")
     handler = logging.StreamHandler(stream or sys.stderr)
-    if log_format == "json":
-        handler.setFormatter(JsonFormatter())
-    elif log_format == "ISO8601":
-        formatter = EscapingFormatter(
-            "%(asctime)s %(levelname).1s %(name)s] %(message)s", "%Y-%m-%dT%H:%M:%SZ"
-        )
-        formatter.converter = time.gmtime
-        handler.setFormatter(formatter)
-    else:
-        handler.setFormatter(EscapingFormatter(TEXT_FORMAT))
+    handler.setFormatter(formatter_for(log_format))
+    handler.nereid_format = "default" if log_format == "text" else log_format  # type: ignore[attr-defined]
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

@@ -32,6 +32,7 @@ from nereid.server.gate import Gate
 from nereid.server.http.app import HttpFrontend
 from nereid.server.http.guard import HttpGuard
 from nereid.server.http.server import HttpListener
+from nereid.server.log_settings import LOG_SETTINGS
 from nereid.server.metrics import MetricsApp, build_registry
 from nereid.server.openai.app import OpenAIFrontend
 from nereid.server.ratelimit import RateLimitCollector, RateLimiter, RateLimits
@@ -280,6 +281,7 @@ def run(argv: list[str]) -> int:
         print(f"nereid serve: {exc}", file=sys.stderr)
         return 2
     logs.configure(settings.log_format, settings.log_verbose)
+    LOG_SETTINGS.update({"log_format": settings.log_format, "log_verbose_level": settings.log_verbose})
     try:
         import uvloop
 

@@ -247,6 +247,8 @@ class Settings:
             raise ValueError("--http-header-timeout-secs must be positive")
         if self.log_format not in ("text", "default", "ISO8601", "json"):
             raise ValueError(f"--log-format must be text, ISO8601 or json, got '{self.log_format}'")
+        if self.log_verbose < 0:
+            raise ValueError(f"--log-verbose must not be negative, got {self.log_verbose}")
         from nereid.server.tracing.manager import check_flags
 
         check_flags(self.trace_config)

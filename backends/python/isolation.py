@@ -43,6 +43,7 @@ from nereid.backends.python.arena import Arena, bytes_needed, grown_size
 from nereid.backends.python.bls import CoreBls
 from nereid.backends.python.channel import Channel
 from nereid.backends.python.codec import sequence_flags_of
+from nereid.backends.python.custom_metrics import apply_metric
 from nereid.backends.python.instance import DirectTarget, InstanceSetup, PythonInstance
 from nereid.backends.python.runner import ExecuteError
 from nereid.backends.python.wire import RequestItem, named, unpack_responses
@@ -174,6 +175,8 @@ class StubProcess:
                 threading.Thread(target=self._serve_bls, args=message[1:], daemon=True).start()
             elif kind == "cancelled":
                 self.send_event(("answer", message[1], self._cancelled(message[2])))
+            elif kind == "metric":
+                self.send_event(("answer", message[1], apply_metric(message[2])))
             with self._fence:
                 self._handled += 1
                 self._fence.notify_all()

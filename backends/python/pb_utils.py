@@ -7,8 +7,8 @@ before it imports a model file.
 Covered: ``Tensor`` (numpy and DLPack), ``InferenceRequest`` (incoming requests and BLS
 ``exec``/``async_exec``), ``InferenceResponse``, ``InferenceResponseSender`` for decoupled
 models, ``TritonError`` with its codes, ``TritonModelException``, ``ModelConfig`` for
-``auto_complete_config``, ``Logger``, the model loading API and the config/type helpers.
-Not covered: ``MetricFamily``, request rescheduling, GPU tensors (DLPack input is copied to
+``auto_complete_config``, ``Logger``, ``MetricFamily`` (custom metrics, :mod:`.pb_metrics`), the
+model loading API and the config/type helpers. Not covered: request rescheduling, GPU tensors (DLPack input is copied to
 host memory).
 """
 
@@ -27,6 +27,9 @@ from typing import Any, Protocol, TypeAlias
 import numpy as np
 
 from nereid.backends.python import runtime
+from nereid.backends.python.pb_errors import TritonModelException as TritonModelException
+from nereid.backends.python.pb_metrics import Metric as Metric
+from nereid.backends.python.pb_metrics import MetricFamily as MetricFamily
 
 TRITONSERVER_RESPONSE_COMPLETE_FINAL = 1
 TRITONSERVER_REQUEST_FLAG_SEQUENCE_START = 1
@@ -121,17 +124,6 @@ class TritonError:
         return f"TritonError({self._message!r}, {self.code_name()})"
 
 
-class TritonModelException(Exception):
-    """Raised by user code (or by this module) to fail ``initialize``, ``execute`` or ``finalize``."""
-
-    def __init__(self, msg: str = "") -> None:
-        super().__init__(msg)
-        self._msg = msg
-
-    def message(self) -> str:
-        return self._msg
-
-
 # ---- tensors -------------------------------------------------------------------------------
 
 
@@ -166,11 +158,20 @@ class Tensor:
         return True
 
     def to_dlpack(self) -> Any:
-        if self._array.dtype == np.object_:
+        """A DLPack capsule over the tensor; BF16 (numpy's uint16 bit patterns) is a bfloat16 one."""
+        array = self._array
+        if array.dtype == np.object_:
             raise TritonModelException(f"tensor '{self._name}': BYTES tensors have no DLPack form")
-        return np.ascontiguousarray(self._array).__dlpack__()
+        if not array.flags.writeable or not array.flags.c_contiguous:
+            # Inputs sit read-only in the request's buffer, and the legacy DLPack capsule cannot
+            # say "read-only": hand out a private copy that the model may write into.
+            array = np.array(array, order="C", copy=True)
+        if self._datatype == "BF16" and array.dtype == np.uint16:
+            torch = _torch(self._name)
+            return torch.utils.dlpack.to_dlpack(torch.from_numpy(array.view(np.int16)).view(torch.bfloat16))
+        return array.__dlpack__()
 
-    def __dlpack__(self, stream: Any = None) -> Any:
+    def __dlpack__(self, stream: Any = None, **kwargs: Any) -> Any:
         return self.to_dlpack()
 
     def __dlpack_device__(self) -> tuple[int, int]:
@@ -187,19 +188,25 @@ class Tensor:
                 raise BufferError
             array = np.from_dlpack(_HostCapsule(capsule) if bare else capsule)
         except (AttributeError, TypeError, RuntimeError, BufferError):
-            try:
-                import torch
-                import torch.utils.dlpack
-            except ImportError:
-                raise TritonModelException(
-                    f"tensor '{name}': cannot read this DLPack object without torch installed"
-                ) from None
+            torch = _torch(name)
             value = capsule if isinstance(capsule, torch.Tensor) else torch.utils.dlpack.from_dlpack(capsule)
-            array = value.detach().cpu().numpy()
+            value = value.detach().cpu()
+            if value.dtype == torch.bfloat16:  # numpy has no bfloat16: keep the bits, say BF16
+                return Tensor(name, value.view(torch.int16).numpy().view(np.uint16), "BF16")
+            array = value.numpy()
         return Tensor(name, array)
 
     def __repr__(self) -> str:
         return f"Tensor({self._name!r}, shape={list(self._array.shape)}, dtype={self._array.dtype})"
+
+
+def _torch(name: str) -> Any:
+    try:
+        import torch
+        import torch.utils.dlpack
+    except ImportError:
+        raise TritonModelException(f"tensor '{name}': this DLPack tensor needs torch installed") from None
+    return torch
 
 
 class _HostCapsule:

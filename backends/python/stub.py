@@ -216,6 +216,18 @@ class StubHost:
         if not got and not decoupled:
             yield pb_utils.InferenceResponse(error=pb_utils.TritonError("the BLS request got no response"))
 
+    def metric(self, op: tuple[Any, ...]) -> Any:
+        """A custom-metric operation, done by the server (one round trip, as in Triton)."""
+        call, results = self._ask(("metric", op))
+        try:
+            answer = results.get()
+        finally:
+            self._calls.pop(call, None)
+        assert isinstance(answer, tuple)
+        if answer[0] == "error":
+            raise pb_utils.TritonModelException(answer[1])
+        return answer[1]
+
     def model_ready(self, name: str, version: str) -> bool:
         raise pb_utils.TritonModelException("the model loading API is not available under process isolation")
 

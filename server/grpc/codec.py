@@ -20,6 +20,7 @@ from nereid.server.catalog import IndexEntry, ModelMetadata, ServerMetadata
 from nereid.server.datatypes import (
     DATATYPES,
     NUMPY_DTYPES,
+    SizeMismatch,
     element_count,
     tensor_from_raw,
     tensor_to_raw,
@@ -128,7 +129,7 @@ def decode_request(msg: pb.ModelInferRequest, shm: SharedMemoryRegistry | None =
         )
     contents = iter(raw)
     inputs = [
-        _decode_input(tensor, None if shared or not raw else next(contents), shm)
+        _decode_input(tensor, None if shared or not raw else next(contents), shm, msg.model_name)
         for tensor, shared in zip(msg.inputs, in_shm, strict=True)
     ]
     outputs = [_decode_output(output, shm) for output in msg.outputs]
@@ -146,6 +147,7 @@ def _decode_input(
     msg: pb.ModelInferRequest.InferInputTensor,
     raw: bytes | memoryview | None,
     shm: SharedMemoryRegistry | None,
+    model: str,
 ) -> Tensor:
     name, datatype = msg.name, msg.datatype
     if not name:
@@ -164,7 +166,7 @@ def _decode_input(
                 f"input '{name}': contents must not be specified when raw_input_contents is used"
             )
         shape = check_shape(name, list(msg.shape), raw_element_limit(datatype, len(raw)))
-        data = _from_raw(name, datatype, shape, raw)
+        data = _from_raw(name, datatype, shape, raw, model)
     else:
         shape = check_shape(name, list(msg.shape), _typed_count(msg.contents))
         data = _from_typed(name, datatype, shape, msg.contents)
@@ -176,9 +178,13 @@ def _typed_count(contents: pb.InferTensorContents) -> int:
     return max((len(values) for _, values in contents.ListFields()), default=0)
 
 
-def _from_raw(name: str, datatype: str, shape: tuple[int, ...], raw: bytes | memoryview) -> np.ndarray:
+def _from_raw(
+    name: str, datatype: str, shape: tuple[int, ...], raw: bytes | memoryview, model: str
+) -> np.ndarray:
     try:
         return tensor_from_raw(datatype, shape, raw)
+    except SizeMismatch as exc:
+        raise exc.named(name, model) from None
     except InvalidArgument as exc:
         raise InvalidArgument(f"input '{name}': {exc.message}") from None
     except ValueError as exc:  # numpy refuses shapes it cannot represent

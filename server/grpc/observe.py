@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from nereid.proto import grpc_service_pb2 as pb
+from nereid.server.log_settings import LOG_SETTINGS
 
 if TYPE_CHECKING:
     import grpc
@@ -60,5 +61,25 @@ def trace_setting(core: InferenceCore, request: pb.TraceSettingRequest) -> pb.Tr
         settings={
             key: pb.TraceSettingResponse.SettingValue(value=value if isinstance(value, list) else [value])
             for key, value in wire.items()
+        }
+    )
+
+
+def log_settings(request: pb.LogSettingsRequest) -> pb.LogSettingsResponse:
+    """Apply the listed settings (a key with no value is left as it is), then answer them all."""
+    values: dict[str, Any] = {}
+    for key, setting in request.settings.items():
+        choice = setting.WhichOneof("parameter_choice")
+        values[key] = getattr(setting, choice) if choice else None
+    wire = LOG_SETTINGS.update(values) if values else LOG_SETTINGS.to_wire()
+    value = pb.LogSettingsResponse.SettingValue
+    return pb.LogSettingsResponse(
+        settings={
+            key: value(bool_param=v)
+            if isinstance(v, bool)
+            else value(uint32_param=v)
+            if isinstance(v, int)
+            else value(string_param=v)
+            for key, v in wire.items()
         }
     )

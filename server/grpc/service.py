@@ -20,7 +20,7 @@ from nereid.server.core import InferenceCore
 from nereid.server.errors import ServingError, Unsupported, as_serving_error
 from nereid.server.grpc import codec
 from nereid.server.grpc.errors import GRPC_STATUS
-from nereid.server.grpc.observe import observe, trace_setting
+from nereid.server.grpc.observe import log_settings, observe, trace_setting
 from nereid.server.grpc.stream import StreamSession
 from nereid.server.lifecycle import load_parameters, unload_dependents
 
@@ -217,9 +217,9 @@ class InferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
         self.core.shared_memory.cuda_unregister(request.name)
         return pb.CudaSharedMemoryUnregisterResponse()
 
-    # ---- extensions Nereid does not offer -----------------------------------------------------
-
-    LogSettings = _unimplemented("log settings (the logging extension)")
+    @_unary
+    async def LogSettings(self, request: pb.LogSettingsRequest, context: Context) -> pb.LogSettingsResponse:
+        return log_settings(request)
 
 
 def _repository_parameters(params: Any) -> dict[str, object]:

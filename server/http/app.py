@@ -25,7 +25,13 @@ from nereid.server.http.asgi import allow as _allow
 from nereid.server.http.disconnect import cancel_on_disconnect
 from nereid.server.http.generate import generate
 from nereid.server.http.guard import HttpGuard
-from nereid.server.http.observe import adopt_request_id, begin_trace, echo_headers, trace_setting
+from nereid.server.http.observe import (
+    adopt_request_id,
+    begin_trace,
+    echo_headers,
+    log_setting,
+    trace_setting,
+)
 from nereid.server.http.shared_memory import shared_memory_route
 from nereid.server.lifecycle import load_parameters, unload_dependents
 from nereid.server.logs import access_logged
@@ -95,6 +101,9 @@ class HttpFrontend:
             case ["trace", "setting"]:
                 _allow_any(method, ("GET", "POST"))
                 await respond(send, 200, codec.dumps(await trace_setting(self.core, request, "")))
+            case ["logging"]:
+                _allow_any(method, ("GET", "POST"))
+                await respond(send, 200, codec.dumps(await log_setting(request)))
             case ["repository", "index"] | ["repository", _, "index"]:
                 _allow(method, "POST")
                 body = await request.json()
@@ -127,7 +136,10 @@ class HttpFrontend:
                 await respond(send, 200, codec.model_metadata_json(self.core.model_metadata(name, version)))
             case ["ready"]:
                 _allow(method, "GET")
-                await _health(send, self.core.model_ready(name, version), "Model version not ready")
+                # Triton and the KServe v2 spec answer a model that is not ready with a 4xx (400).
+                ready = self.core.model_ready(name, version)
+                label = f"model '{name}'" + (f" version {version}" if version else "")
+                await _health(send, ready, f"{label} is not ready", 400)
             case ["config"]:
                 _allow(method, "GET")
                 await respond(send, 200, codec.dumps(config_to_dict(self.core.model_config(name, version))))
@@ -193,11 +205,11 @@ def _header_int(value: str) -> int:
     return parse_ascii_int(value, "Inference-Header-Content-Length")
 
 
-async def _health(send: Send, ok: bool, message: str) -> None:
+async def _health(send: Send, ok: bool, message: str, status: int = 503) -> None:
     if ok:
         await respond(send, 200, b"", [])
     else:
-        await respond(send, 503, codec.dumps({"error": message}))
+        await respond(send, status, codec.dumps({"error": message}))
 
 
 async def _lifespan(receive: Receive, send: Send) -> None:

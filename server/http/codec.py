@@ -17,6 +17,7 @@ from nereid.server.catalog import ModelMetadata
 from nereid.server.datatypes import (
     DATATYPES,
     NUMPY_DTYPES,
+    SizeMismatch,
     element_count,
     tensor_from_raw,
     tensor_to_raw,
@@ -145,7 +146,7 @@ def decode_request(
     inputs: list[Tensor] = []
     offset = 0
     for item in raw_inputs:
-        tensor, used = _decode_input(item, binary, offset, len(header), shm)
+        tensor, used = _decode_input(item, binary, offset, len(header), shm, model_name)
         inputs.append(tensor)
         offset += used
     if offset != len(binary):
@@ -172,7 +173,7 @@ def _list(value: Any, what: str) -> list[Any]:
 
 
 def _decode_input(
-    item: Any, binary: memoryview, offset: int, json_size: int, shm: SharedMemoryRegistry | None
+    item: Any, binary: memoryview, offset: int, json_size: int, shm: SharedMemoryRegistry | None, model: str
 ) -> tuple[Tensor, int]:
     if not isinstance(item, dict):
         raise InvalidArgument("each input must be a JSON object")
@@ -190,7 +191,7 @@ def _decode_input(
             raise InvalidArgument(
                 f"input '{name}': 'data' and 'binary_data_size' must not be given with shared memory"
             )
-        return _raw_tensor(name, datatype, item.get("shape"), shared, params), 0
+        return _raw_tensor(name, datatype, item.get("shape"), shared, params, model), 0
     if size is not None:
         if isinstance(size, bool) or not isinstance(size, int) or size < 0:
             raise InvalidArgument(f"input '{name}': 'binary_data_size' must be a non-negative integer")
@@ -200,7 +201,9 @@ def _decode_input(
                 f"({len(binary) - offset} bytes left)"
             )
         params = {k: v for k, v in params.items() if k != "binary_data_size"}
-        return _raw_tensor(name, datatype, item.get("shape"), binary[offset : offset + size], params), size
+        return _raw_tensor(
+            name, datatype, item.get("shape"), binary[offset : offset + size], params, model
+        ), size
     if "data" not in item:
         raise InvalidArgument(f"input '{name}' has neither 'data' nor 'binary_data_size'")
     # Each JSON element takes at least one character of the body.
@@ -209,11 +212,13 @@ def _decode_input(
 
 
 def _raw_tensor(
-    name: str, datatype: str, shape_value: Any, raw: bytes | memoryview, params: dict[str, Any]
+    name: str, datatype: str, shape_value: Any, raw: bytes | memoryview, params: dict[str, Any], model: str
 ) -> Tensor:
     shape = check_shape(name, shape_value, raw_element_limit(datatype, len(raw)))
     try:
         data = tensor_from_raw(datatype, shape, raw)
+    except SizeMismatch as exc:
+        raise exc.named(name, model) from None
     except InvalidArgument as exc:
         raise InvalidArgument(f"input '{name}': {exc.message}") from None
     return Tensor(name, datatype, shape, data, params)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from nereid.server.errors import InvalidArgument
+from nereid.server.log_settings import LOG_SETTINGS
 from nereid.server.tracing.manager import wire_values
 
 if TYPE_CHECKING:
@@ -48,3 +50,13 @@ async def trace_setting(core: InferenceCore, request: Request, model: str) -> di
     if request.method == "POST":
         return core.tracing.update(model, wire_values(await request.json())).to_wire()
     return core.tracing.settings(model).to_wire()
+
+
+async def log_setting(request: Request) -> dict[str, Any]:
+    """``GET`` answers the log settings; ``POST`` applies a body of ``{setting: value}`` first."""
+    if request.method != "POST":
+        return LOG_SETTINGS.to_wire()
+    body = await request.json()
+    if not isinstance(body, dict):
+        raise InvalidArgument("the log settings request must be a JSON object")
+    return LOG_SETTINGS.update(body)

@@ -75,7 +75,6 @@ def test_health_metadata_config_and_stats(repo, start_server):
     for call in (
         lambda: client.get_model_metadata("nope"),
         lambda: client.get_model_config("nope"),
-        lambda: client.get_inference_statistics("nope"),
         lambda: client.get_model_metadata("add_sub", "9"),
     ):
         with pytest.raises(InferenceServerException) as info:
@@ -132,7 +131,6 @@ def test_unsupported_extensions_answer_unimplemented(repo, start_server):
         # Shared memory is off unless --allow-client-shm (tests/integration/shared_memory).
         "Client shared memory is disabled": client.get_system_shared_memory_status,
         "Client shared memory is disabled ": client.get_cuda_shared_memory_status,
-        "log settings (the logging extension) is not supported": client.get_log_settings,
     }
     for message, call in calls.items():
         with pytest.raises(InferenceServerException) as info:

@@ -218,7 +218,10 @@ def test_malformed_tensors_are_invalid_argument(served):
         "raw and typed contents": (both, "contents must not be specified"),
         "more raw contents than inputs": (too_many, "raw_input_contents has 2 entries"),
         "raw for some inputs only": (mixed, "raw_input_contents has 1 entries"),
-        "raw size mismatch": (raw_request(raw=four[:-2]), "unexpected raw data size 14"),
+        "raw size mismatch": (
+            raw_request(raw=four[:-2]),
+            "input byte size mismatch for input 'INPUT0' for model 'identity_fp32'. Expected 16, got 14",
+        ),
         "typed count mismatch": (
             _typed_request("identity_fp32", "FP32", [1, 4], "fp32_contents", [1.0, 2.0]),
             "unexpected number of elements",
@@ -237,7 +240,7 @@ def test_malformed_tensors_are_invalid_argument(served):
         ),
         "unknown datatype": (raw_request(datatype="FP8"), "unknown datatype 'FP8'"),
         "negative dims": (raw_request(shape=(1, -4)), "non-negative"),
-        "absurd dims raw": (raw_request(shape=(1, 2**62)), "unexpected raw data size"),
+        "absurd dims raw": (raw_request(shape=(1, 2**62)), "input byte size mismatch for input 'INPUT0'"),
         "absurd dims typed": (
             _typed_request("identity_fp32", "FP32", [2**40, 2**20], "fp32_contents", [1.0]),
             "unexpected number of elements",

@@ -183,7 +183,8 @@ def test_binary_data_size_mismatch(server, claimed, sent):
     body, headers = binary_request(header, [(blob * 2)[:sent]])
     status, payload = post(server, "/v2/models/add_sub/infer", body, headers)
     assert status == 400, payload
-    assert "binary" in payload["error"] or "raw data size" in payload["error"]
+    wording = "input byte size mismatch for input 'INPUT0' for model 'add_sub'. Expected 64, got 60"
+    assert "binary" in payload["error"] or wording in payload["error"]
     assert_still_serving(server)
 
 

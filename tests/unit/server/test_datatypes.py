@@ -25,7 +25,9 @@ def test_bytes_encoding_matches_tritonclient():
     "blob,count,message",
     [
         (b"\x05\x00\x00\x00abc", 1, "runs past the end"),
-        (b"\x01\x00\x00\x00a", 2, "fewer elements"),
+        (b"\x01\x00\x00\x00a", 2, "expected 2 string elements, got 1"),
+        (b"\x01\x00\x00\x00a\x00\x00\x00\x00", 1, "expected 1 string elements, got 2"),
+        (b"\x01\x00\x00", 1, "fewer elements"),
         (b"\x01\x00\x00\x00ab", 1, "trailing"),
     ],
 )

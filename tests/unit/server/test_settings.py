@@ -48,6 +48,7 @@ def test_environment_variables(monkeypatch):
         ([], "--model-repository is required"),
         (["--model-repository", "m", "--http-port", "70000"], "outside"),
         (["--model-repository", "m", "--model-control-mode", "watch"], "model-control-mode"),
+        (["--model-repository", "m", "--log-verbose", "-1"], "--log-verbose must not be negative"),
     ],
 )
 def test_invalid_settings(argv, message):
