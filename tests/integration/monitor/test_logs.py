@@ -37,6 +37,18 @@ def captured() -> Any:
     root.setLevel(level)
 
 
+def _access_records(captured: io.StringIO, done: Any, timeout: float = 5.0) -> list[dict[str, Any]]:
+    """The access-log records, waiting (up to ``timeout``) until ``done(records)``: the server logs
+    a call when its handler ends, which may be just after the client has the answer."""
+    deadline = time.monotonic() + timeout
+    while True:
+        records = [json.loads(line) for line in captured.getvalue().splitlines()]
+        access = [r for r in records if r["logger"] == "nereid.access"]
+        if done(access) or time.monotonic() > deadline:
+            return access
+        time.sleep(0.02)
+
+
 def test_access_log_lines_are_json_with_ids(repo, start_server, captured):
     repo.identity("identity")
     server = start_server(repo.root, log_access=True, trace_config=["level=TIMESTAMPS", "rate=1"])
@@ -44,8 +56,7 @@ def test_access_log_lines_are_json_with_ids(repo, start_server, captured):
     response = httpx.post(url, json=BODY, headers={"x-request-id": "req-42", "traceparent": TRACEPARENT})
     assert response.status_code == 200 and response.headers["x-request-id"] == "req-42"
     httpx.get(f"http://{server.http_url}/v2/models/missing")
-    records = [json.loads(line) for line in captured.getvalue().splitlines()]
-    access = [r for r in records if r["logger"] == "nereid.access"]
+    access = _access_records(captured, lambda records: any(r.get("model") == "missing" for r in records))
     infer = next(r for r in access if r["path"].endswith("/infer"))
     assert set(infer) >= {"time", "level", "logger", "message", "model", "version", "request_id", "trace_id"}
     assert infer["model"] == "identity" and infer["request_id"] == "req-42" and infer["status"] == 200
@@ -65,14 +76,10 @@ def test_grpc_calls_are_access_logged_with_their_status(repo, start_server, capt
         with pytest.raises(InferenceServerException):
             client.get_model_metadata("missing")
 
-    def grpc_access() -> list[dict[str, Any]]:
-        records = [json.loads(line) for line in captured.getvalue().splitlines()]
-        return [r for r in records if r["logger"] == "nereid.access" and r["protocol"] == "grpc"]
+    def grpc(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [r for r in records if r["protocol"] == "grpc"]
 
-    # The server logs a call when its handler ends, which may be just after the client has the answer.
-    deadline = time.monotonic() + 5
-    while len(access := grpc_access()) < 2 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    access = grpc(_access_records(captured, lambda records: len(grpc(records)) >= 2))
     infer = next(r for r in access if r["path"].endswith("/ModelInfer"))
     assert infer["status"] == "OK" and infer["request_id"] == "grpc-7"
     assert infer["trace_id"] == TRACEPARENT.split("-")[1]
