@@ -127,6 +127,8 @@ class InstanceRunner:
                     hook(request, response)
                 if not checked:
                     self.finish_outputs(request, response)
+                elif self.reshaper.outputs:  # checked against the reshape dims; give back the config's
+                    self.reshaper.to_client(self.name, response)
             replies.append((request, response))
         return replies
 
