@@ -16,6 +16,8 @@ Designs (every one takes raw request bytes and returns raw reply bytes, as Nerei
 - ``syncN-lat``: the same with ``grpc.optimization_target=latency`` and ``grpc.http2.bdp_probe=0``;
 - ``syncN-loop``: the same, each call handing its work to an event loop thread and waiting for it
   (what Nereid's asyncio core would need behind a thread-based server);
+- ``syncN-cb``: the same, but the reply made in a plain callback on the loop, the worker waiting on a
+  lock (the least any hand-off to the loop can cost: no task, no future);
 - ``grpclib``: grpclib on h2 (pure Python), not a dependency: install ``grpclib`` (and ``h2``) into
   a scratch directory on ``PYTHONPATH`` to compare.
 
@@ -88,7 +90,7 @@ async def main_aio(port: int) -> None:
 
 
 def main_sync(
-    port: int, workers: int, max_rpcs: int | None, options: list[tuple[str, Any]], on_loop: bool = False
+    port: int, workers: int, max_rpcs: int | None, options: list[tuple[str, Any]], on_loop: bool | str = False
 ) -> None:
     """The thread-based server; ``on_loop``: each call awaits its reply on an event loop thread, as
     Nereid's core would need (the canned reply made by a coroutine there)."""
@@ -101,7 +103,7 @@ def main_sync(
     def infer(raw: bytes, context: Any) -> bytes:
         return reply(raw)
 
-    if on_loop:
+    if on_loop is True:
         loop = uvloop.new_event_loop()
         threading.Thread(target=loop.run_forever, daemon=True).start()
 
@@ -110,6 +112,23 @@ def main_sync(
 
         def infer(raw: bytes, context: Any) -> bytes:
             return asyncio.run_coroutine_threadsafe(answer(raw), loop).result()
+
+    if on_loop == "cb":
+        loop = uvloop.new_event_loop()
+        threading.Thread(target=loop.run_forever, daemon=True).start()
+
+        def infer(raw: bytes, context: Any) -> bytes:
+            # The least a hand-off can cost: one callback on the loop, one lock released from it.
+            lock, box = threading.Lock(), []
+            lock.acquire()
+
+            def run() -> None:
+                box.append(reply(raw))
+                lock.release()
+
+            loop.call_soon_threadsafe(run)
+            lock.acquire()
+            return box[0]
 
     server = grpc.server(
         ThreadPoolExecutor(max_workers=workers), maximum_concurrent_rpcs=max_rpcs, options=options
@@ -169,11 +188,13 @@ def serve(design: str, port: int) -> None:
 
         uvloop.run(main_grpclib(port))
         return
-    m = re.fullmatch(r"sync(\d+)(?:-max(\d+))?(-lat)?(-loop)?", design)
+    m = re.fullmatch(r"sync(\d+)(?:-max(\d+))?(-lat)?(-loop|-cb)?", design)
     if not m:
         raise SystemExit(f"unknown design {design!r}")
     options = [("grpc.optimization_target", "latency"), ("grpc.http2.bdp_probe", 0)] if m[3] else []
-    main_sync(port, int(m[1]), int(m[2]) if m[2] else None, options, on_loop=bool(m[4]))
+    main_sync(
+        port, int(m[1]), int(m[2]) if m[2] else None, options, on_loop="cb" if m[4] == "-cb" else bool(m[4])
+    )
 
 
 def context_switches(pid: int) -> int:
