@@ -73,6 +73,38 @@ class HttpFrontend:
         except Exception as exc:  # never let one request take the server down
             await respond_error(send, as_serving_error(exc))
 
+    def direct_app(self, scope: Scope) -> Callable[[Scope, Receive, Send], Awaitable[None]] | None:
+        """``POST /v2/models/{m}[/versions/{v}]/infer`` straight to :meth:`direct_infer`, when nothing
+        wraps a request (no guard, no access log); None sends the request the ordinary way.
+
+        The connection (server/http/connection.py) asks this once per request and then skips
+        uvicorn's proxy-headers middleware, ``__call__`` and the router. Neither is observable on
+        this path: the client address and scheme that middleware rewrites are read only by the guard
+        and the access log, which take the ordinary path.
+        """
+        if scope["method"] != "POST" or self.guard is not None or self.access_log:
+            return None
+        path: str = scope["path"]
+        if not path.endswith("/infer") or not path.startswith("/v2/models/"):
+            return None
+        return self.direct_infer
+
+    async def direct_infer(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """What ``__call__`` does for a request :meth:`direct_app` picked, without the router's match."""
+        request = Request(scope, receive, self.max_input_size)
+        parts = request.parts
+        try:
+            if len(parts) == 4 and parts[1] == "models" and parts[3] == "infer":
+                await self.infer(request, send, parts[2], "")
+            elif len(parts) == 6 and parts[1] == "models" and parts[3] == "versions" and parts[5] == "infer":
+                await self.infer(request, send, parts[2], parts[4])
+            else:  # an escaped path that decodes to .../infer: the router decides
+                await self.route(request, send)
+        except (ServingError, HttpError) as exc:
+            await respond_error(send, exc)
+        except Exception as exc:  # never let one request take the server down
+            await respond_error(send, as_serving_error(exc))
+
     async def route(self, request: Request, send: Send) -> None:
         parts, method = request.parts, request.method
         if parts[0] != "v2":

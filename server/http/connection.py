@@ -17,11 +17,17 @@ a task per request waiting on ``receive``).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+from uvicorn.protocols.http.httptools_impl import (
+    HEADER_RE,
+    HEADER_VALUE_RE,
+    STATUS_LINE,
+    HttpToolsProtocol,
+    RequestResponseCycle,
+)
 
 from nereid.server.http.codec import dumps
 
@@ -40,13 +46,20 @@ class ConnectionLimits:
     header_timeout: float = HEADER_TIMEOUT
 
 
+#: An app's shortcut for one request: given the request's scope, the ASGI callable that answers it
+#: directly (no middleware, no router), or None for the app's ordinary path.
+Direct = Callable[[Any], Callable[..., Awaitable[None]] | None]
+
+
 class ListenerState:
-    """What every connection of one listener shares: whether the listener drains."""
+    """What every connection of one listener shares: whether the listener drains, and the app's
+    shortcut for its hottest route (see :data:`Direct`)."""
 
-    __slots__ = ("draining",)
+    __slots__ = ("direct", "draining")
 
-    def __init__(self) -> None:
+    def __init__(self, direct: Direct | None = None) -> None:
         self.draining = False
+        self.direct = direct
 
 
 #: The scope key under which a handler finds the connection's :class:`DisconnectWatch`.
@@ -84,7 +97,12 @@ class _OneWriteCycle(RequestResponseCycle):
 
     uvicorn writes the status line and headers, then the body, as two writes: two syscalls
     and two TCP segments for every small response. Here the head waits for the body when
-    ``content-length`` is set (a streamed response still gets its head at once).
+    ``content-length`` is set (a streamed response still gets its head at once). The common
+    response (a status with a body, lower-case header names, ``content-length``, no
+    ``connection`` or ``transfer-encoding``) gets its head formatted here, checked with the
+    same patterns as uvicorn's but once over all names and once over all values, and is
+    completed here: no pass through uvicorn's ``send`` (a third of the loop thread's time in
+    the response, see bench/RESULTS.md "Issue 18, part 2").
     """
 
     _head: bytes | None = None
@@ -106,9 +124,22 @@ class _OneWriteCycle(RequestResponseCycle):
                 await super().send(message)
                 return
             self.transport.writelines((head, body))
+            # What uvicorn does once a response's last body is written.
             self.expected_content_length = 0
-            message = _EMPTY_LAST_BODY  # uvicorn completes the response (keep-alive, close)
-        elif not self.response_started and message["type"] == "http.response.start":
+            self.response_complete = True
+            self.message_event.set()
+            if not self.keep_alive:
+                self.transport.close()
+            self.on_response()
+            return
+        if not self.response_started and message["type"] == "http.response.start":
+            if not (self.flow.write_paused or self.disconnected or self.access_log):
+                head = self._simple_head(message)
+                if head is not None:
+                    self.response_started = True
+                    self.waiting_for_100_continue = False
+                    self._head = head
+                    return
             held = _Held()
             transport, self.transport = self.transport, held  # type: ignore[assignment]
             try:
@@ -122,8 +153,37 @@ class _OneWriteCycle(RequestResponseCycle):
             return
         await super().send(message)
 
-
-_EMPTY_LAST_BODY = {"type": "http.response.body", "body": b"", "more_body": False}
+    def _simple_head(self, message: Any) -> bytes | None:
+        """The head of a common response (see the class docstring), or None to leave it to uvicorn."""
+        status = message["status"]
+        if status in (204, 304) or self.scope["method"] == "HEAD":
+            return None
+        headers = message.get("headers", ())
+        content = [STATUS_LINE[status]]
+        for name, value in self.default_headers:
+            content += (name, b": ", value, b"\r\n")
+        length = None
+        for name, value in headers:
+            if name == b"content-length":
+                length = value
+            elif name == b"connection" or name == b"transfer-encoding":
+                return None
+            content += (name, b": ", value, b"\r\n")
+        if length is None or not length.isdigit() or int(length) == 0:
+            return None
+        names = b"".join([name for name, _ in headers])
+        if (
+            not names.islower()
+            or HEADER_RE.search(names)
+            or HEADER_VALUE_RE.search(b"".join([v for _, v in headers]))
+        ):
+            return None  # uvicorn lower-cases names and raises on a bad one
+        if not self.keep_alive:
+            content.append(b"connection: close\r\n")
+        content.append(b"\r\n")
+        self.chunked_encoding = False
+        self.expected_content_length = int(length)
+        return b"".join(content)
 
 
 class _Held:
@@ -246,7 +306,13 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         self._header_fields += 1
         if self._header_fields > self.limits.max_headers or self._header_bytes > self.limits.max_header_bytes:
             self._over_limit()
-        super().on_header(name, value)
+        # uvicorn's on_header, inline (one call per header, not two). llhttp keeps trailing
+        # whitespace, which RFC 9110 section 5.5 excludes from the value.
+        name = name.lower()
+        value = value.rstrip(b" \t")
+        if name == b"expect" and value.lower() == b"100-continue":
+            self.expect_100_continue = True
+        self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         self._awaiting_headers = False
@@ -258,6 +324,14 @@ class LimitedHttpProtocol(HttpToolsProtocol):
             cycle.__class__ = _OneWriteCycle
             if self.state.draining:
                 cycle.keep_alive = False  # uvicorn adds "connection: close" and closes after the response
+
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
+        """uvicorn's, but a request the app answers directly skips the middleware (uvicorn's proxy
+        headers) and the app's router: one coroutine per layer less (bench/RESULTS.md, Issue 18 part 2)."""
+        direct = self.state.direct
+        if direct is not None and app is self.app:  # not uvicorn's 503 for an exceeded concurrency limit
+            app = direct(cycle.scope) or app
+        super()._start_asgi_task(cycle, app)
 
     def _over_limit(self) -> None:
         if self._header_fields > self.limits.max_headers:

@@ -58,7 +58,8 @@ class HttpListener:
     ) -> None:
         self.app = app
         # The drain is a flag the connections read once per request (server/http/connection.py).
-        self.state = ListenerState()
+        # An app may answer its hottest route directly (HttpFrontend.direct_app: POST .../infer).
+        self.state = ListenerState(getattr(app, "direct_app", None))
         self.sock = bind(address, port)
         self.port = int(self.sock.getsockname()[1])
         config = uvicorn.Config(

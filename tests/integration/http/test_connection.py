@@ -101,3 +101,47 @@ def test_head_requests_and_streamed_responses_are_framed_as_before() -> None:
     assert head.count(b"HTTP/1.1 200") == 2
     assert b"transfer-encoding: chunked" in streamed and streamed.endswith(b"3\r\ntwo\r\n0\r\n\r\n")
     assert waited < 0.25
+
+
+def _post(port: int, path: str, body: bytes, extra: bytes = b"") -> tuple[int, dict[str, str], bytes]:
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    headers = {"Content-Type": "application/json"}
+    for line in extra.split(b"\r\n"):
+        if line:
+            name, value = line.decode().split(": ", 1)
+            headers[name] = value
+    conn.request("POST", path, body, headers)
+    response = conn.getresponse()
+    data = response.read()
+    conn.close()
+    return response.status, {k.lower(): v for k, v in response.getheaders()}, data
+
+
+def test_infer_requests_answered_directly_match_the_router(repo: Any, start_server: Any) -> None:
+    """POST .../infer skips the middleware and router (HttpFrontend.direct_app): every spelling the
+    router accepts answers the same, and what is not an infer route still reaches the router."""
+    import json
+
+    repo.identity("identity")
+    port = int(start_server(repo.root).http_url.rsplit(":", 1)[1])
+    body = json.dumps(
+        {"id": "r1", "inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [1, 2], "data": [1.5, 2.5]}]}
+    ).encode()
+    for path in (
+        "/v2/models/identity/infer",
+        "/v2/models/identity/versions/1/infer",
+        "/v2/models/%69dentity/infer",  # escaped: the path is split from the raw bytes, then unquoted
+        "/v2/%6Dodels/identity/infer",
+    ):
+        status, headers, data = _post(port, path, body, b"X-Request-Id: abc\r\n")
+        assert status == 200, (path, data)
+        assert json.loads(data)["outputs"][0]["data"] == [1.5, 2.5]
+        assert headers["x-request-id"] == "abc" and headers["content-length"] == str(len(data))
+    status, _, data = _post(port, "/v2/models/missing/infer", body)
+    assert status == 404 and "missing" in json.loads(data)["error"]
+    status, _, data = _post(port, "/v2/models/identity/versions/1/extra/infer", body)
+    assert status == 404 and json.loads(data) == {"error": "Not Found"}
+    status, _, data = _post(port, "/v2/models/identity/infer", b"{not json")
+    assert status == 400 and "error" in json.loads(data)
