@@ -44,6 +44,10 @@ class EngineConfig:
     """Largest `SamplingParams.logprobs` accepted."""
     seed: int = 0
     """Seed of the generator used by requests without their own seed."""
+    max_grammar_bytes: int = 64 * 1024
+    """Longest guided-decoding schema, regex or grammar (bytes of its text) a request may send."""
+    max_schema_depth: int = 32
+    """Deepest nesting of objects and lists in a guided-decoding JSON schema."""
 
     def __post_init__(self) -> None:
         if self.dtype != "auto" and self.dtype not in _DTYPES:
@@ -52,7 +56,14 @@ class EngineConfig:
             torch.device(self.device)
         except RuntimeError as exc:
             raise ValueError(f"invalid device {self.device!r}: {exc}") from None
-        for name in ("block_size", "max_num_seqs", "max_num_batched_tokens", "max_n"):
+        for name in (
+            "block_size",
+            "max_num_seqs",
+            "max_num_batched_tokens",
+            "max_n",
+            "max_grammar_bytes",
+            "max_schema_depth",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_logprobs < 0:

@@ -21,7 +21,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from nereid.backends.llm.sampling import SamplingParams
+from nereid.backends.llm.sampling import GuidedDecodingParams, SamplingParams
 from nereid.backends.llm.tokenizer import Tokenizer
 from nereid.server.errors import InvalidArgument
 from nereid.server.textgen import MESSAGES, ChatMessage
@@ -32,7 +32,17 @@ _INTS = ("n", "top_k", "min_tokens")
 _OPTIONAL_INTS = ("seed", "max_tokens", "logprobs")
 _BOOLS = ("ignore_eos", "include_stop_str_in_output", "skip_special_tokens")
 SAMPLING_KEYS = frozenset(
-    (*_FLOATS, *_INTS, *_OPTIONAL_INTS, *_BOOLS, "stop", "stop_token_ids", "logit_bias")
+    (
+        *_FLOATS,
+        *_INTS,
+        *_OPTIONAL_INTS,
+        *_BOOLS,
+        "stop",
+        "stop_token_ids",
+        "logit_bias",
+        "guided_decoding",
+        "structured_outputs",
+    )
 )
 
 
@@ -163,6 +173,8 @@ def sampling_params(request: InferRequest) -> SamplingParams:
                 f"unknown sampling parameter '{unknown[0]}' (known: {', '.join(sorted(SAMPLING_KEYS))})"
             )
         merged.update(given)
+    if "structured_outputs" in merged:  # vLLM's newer name
+        merged.setdefault("guided_decoding", merged.pop("structured_outputs"))
     kwargs = {key: _coerce(key, value) for key, value in merged.items()}
     if kwargs.get("top_k") == 0:  # vLLM: 0 or -1 disables top-k
         kwargs["top_k"] = -1
@@ -194,6 +206,8 @@ def _coerce(key: str, value: Any) -> Any:
             return _string_list(value)
         if key == "logit_bias":
             return _bias(value)
+        if key == "guided_decoding":
+            return _guided(value)
         return _int_list(value)  # stop_token_ids
     except (ValueError, TypeError, OverflowError):
         raise InvalidArgument(f"sampling parameter '{key}' has an invalid value {value!r}") from None
@@ -224,6 +238,20 @@ def _bias(value: Any) -> dict[int, float]:
             raise ValueError
         out[int(key)] = float(bias)
     return out
+
+
+def _guided(value: Any) -> GuidedDecodingParams:
+    """vLLM's guided decoding dict (or its JSON text: gRPC parameters carry no objects); a bad one names why."""
+    if isinstance(value, GuidedDecodingParams):
+        return value
+    if isinstance(value, str):
+        value = json.loads(value)
+    if not isinstance(value, dict):
+        raise ValueError
+    try:
+        return GuidedDecodingParams.from_dict(value)
+    except ValueError as exc:
+        raise InvalidArgument(f"sampling parameter 'guided_decoding': {exc}") from None
 
 
 def _int_list(value: Any) -> list[int]:

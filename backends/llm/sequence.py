@@ -6,6 +6,7 @@ import enum
 import itertools
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -68,6 +69,8 @@ class Sequence:
         self.finish_reason: FinishReason | None = None
         self.stop_reason: str | int | None = None
         self.output_logprobs: list[SampleLogprobs] = []
+        self.grammar: Any = None
+        """Structured output: the xgrammar matcher the sampler masks with and advances (None: unconstrained)."""
 
     def __repr__(self) -> str:
         return (

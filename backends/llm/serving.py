@@ -59,6 +59,8 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "max_n": _int,
     "max_logprobs": _int,
     "seed": _int,
+    "max_grammar_bytes": _size,
+    "max_schema_depth": _int,
 }
 PATH_PARAMETERS = ("model", "tokenizer")
 
