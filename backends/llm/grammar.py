@@ -21,14 +21,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-_LOG_PREFIX = re.compile(r"^\[[\d:]+\] \S+:\d+: ")  # xgrammar's "[time] file.cc:line: " before a message
-
 if TYPE_CHECKING:
     import xgrammar as xgr
 
 from nereid.backends.llm.sampling import GuidedDecodingParams
 from nereid.backends.llm.sequence import Sequence
 from nereid.backends.llm.tokenizer import Tokenizer
+
+_LOG_PREFIX = re.compile(r"^\[[\d:]+\] \S+:\d+: ")  # xgrammar's "[time] file.cc:line: " before a message
 
 
 class Grammars:
