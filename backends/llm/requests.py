@@ -21,10 +21,11 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from nereid.backends.llm import chat
 from nereid.backends.llm.sampling import GuidedDecodingParams, SamplingParams
 from nereid.backends.llm.tokenizer import Tokenizer
 from nereid.server.errors import InvalidArgument
-from nereid.server.textgen import MESSAGES, ChatMessage
+from nereid.server.textgen import MESSAGES, TOOLS, ChatMessage
 from nereid.server.types import InferRequest
 
 _FLOATS = ("temperature", "top_p", "min_p", "repetition_penalty", "frequency_penalty", "presence_penalty")
@@ -100,10 +101,25 @@ def _prompt(request: InferRequest, tokenizer: Tokenizer) -> tuple[list[int], str
             return tokenizer.encode(text), text
         messages = _messages(text)
     try:
-        rendered = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+        rendered = chat.render(tokenizer, messages, _tools(request))
     except ValueError as exc:
         raise InvalidArgument(f"input 'messages': {exc}") from None
     return tokenizer.encode(rendered, add_special_tokens=False), rendered
+
+
+def _tools(request: InferRequest) -> list[dict[str, Any]] | None:
+    """The ``tools`` request parameter (a list of OpenAI tool objects, or its JSON text over the wire)."""
+    value = request.parameters.get(TOOLS)
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise InvalidArgument(f"parameter 'tools' is not valid JSON: {exc}") from None
+    if not isinstance(value, list) or not all(isinstance(t, dict) for t in value):
+        raise InvalidArgument("parameter 'tools' must be a list of tool objects")
+    return value
 
 
 def _typed_messages(request: InferRequest) -> list[ChatMessage] | None:

@@ -19,7 +19,15 @@ import orjson
 from nereid.proto import model_config_pb2 as mc
 from nereid.server.openai.errors import bad_request
 from nereid.server.openai.protocol import CompletionCall
-from nereid.server.textgen import LOGPROBS, MESSAGES, TOKEN_IDS, TokenLogprob, read_logprobs, read_token_ids
+from nereid.server.textgen import (
+    LOGPROBS,
+    MESSAGES,
+    TOKEN_IDS,
+    TOOLS,
+    TokenLogprob,
+    read_logprobs,
+    read_token_ids,
+)
 from nereid.server.types import InferRequest, InferResponse, Tensor
 
 #: Backends whose models are always text generators and speak the typed form; decoupled models that declare
@@ -101,6 +109,10 @@ def to_infer_request(
             t.shape, t.data = (1, *t.shape), t.data.reshape((1, *t.shape))
     if call.priority is not None:
         parameters["priority"] = call.priority
+    if call.tools is not None and call.tools.choice != "none":
+        if not typed:
+            raise bad_request(f"model '{call.model}' does not take tools", "tools")
+        parameters[TOOLS] = call.tools.tools
     name, version = split_model(call.model)
     return InferRequest(
         model_name=name, model_version=version, id=request_id, inputs=inputs, parameters=parameters
