@@ -207,7 +207,12 @@ def test_bad_grammar_or_tools_is_a_400_and_others_keep_running(client, kw, param
 
 def test_kserve_http_and_grpc_take_guided_decoding(server):
     # generate parameters are flat: the guided_decoding object travels as its JSON text
-    sampling = {"max_tokens": 48, "temperature": 0.7, "seed": 2, "guided_decoding": json.dumps({"json": PERSON})}
+    sampling = {
+        "max_tokens": 48,
+        "temperature": 0.7,
+        "seed": 2,
+        "guided_decoding": json.dumps({"json": PERSON}),
+    }
     body = {"messages": json.dumps(ASK), "exclude_input_in_output": True, "parameters": sampling}
     response = httpx.post(f"http://{server.http_url}/v2/models/{MODEL}/generate", json=body, timeout=120)
     assert response.status_code == 200, response.text
