@@ -41,7 +41,12 @@ class Grammars:
         max_bytes: int,
         max_depth: int,
     ) -> None:
-        import xgrammar as xgr  # imported with the first guided request: ~2 s, and most servers never need it
+        try:  # imported with the first guided request: ~2 s, and most servers never need it
+            import xgrammar as xgr
+        except ImportError:
+            raise ValueError(
+                "structured output needs xgrammar on the server: pip install 'nereid[structured]'"
+            ) from None
 
         special = {i for i, t in tokenizer.tokenizer.get_added_tokens_decoder().items() if t.special}
         # Special tokens get no bytes: the grammar never emits them as text (xgrammar only allows them as stops).
