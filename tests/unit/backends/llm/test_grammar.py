@@ -100,3 +100,19 @@ def test_tools_render_hermes_style_without_template_support(make_engine):
     )
     tokenizer.chat_template = "{{ tools | length }} tools{% for m in messages %}{{ m.content }}{% endfor %}"
     assert render(tokenizer, messages[:1], [tool]) == "1 toolsq"
+
+
+def test_request_parameters_carry_guided_decoding_as_object_or_json_text():
+    from nereid.backends.llm.requests import sampling_params
+    from nereid.server.errors import InvalidArgument
+    from nereid.server.types import InferRequest
+
+    def params(**p: object) -> SamplingParams:
+        return sampling_params(InferRequest(model_name="m", inputs=[], parameters=dict(p)))
+
+    assert params(guided_decoding={"regex": "a+"}).guided_decoding == GuidedDecodingParams(regex="a+")
+    assert params(structured_outputs='{"choice": ["x"]}').guided_decoding == GuidedDecodingParams(
+        choice=["x"]
+    )
+    with pytest.raises(InvalidArgument, match="guided_decoding"):
+        params(guided_decoding='{"regex": "a", "json_object": true}')
