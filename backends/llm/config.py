@@ -7,6 +7,14 @@ from typing import Any
 
 import torch
 
+_POSITIVE = (
+    "block_size",
+    "max_num_seqs",
+    "max_num_batched_tokens",
+    "max_n",
+    "max_grammar_bytes",
+    "max_schema_depth",
+)
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -56,14 +64,7 @@ class EngineConfig:
             torch.device(self.device)
         except RuntimeError as exc:
             raise ValueError(f"invalid device {self.device!r}: {exc}") from None
-        for name in (
-            "block_size",
-            "max_num_seqs",
-            "max_num_batched_tokens",
-            "max_n",
-            "max_grammar_bytes",
-            "max_schema_depth",
-        ):
+        for name in _POSITIVE:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_logprobs < 0:

@@ -153,9 +153,7 @@ class LLMEngine:
         may_stop = seq.num_output_tokens >= p.min_tokens
         if may_stop and not p.ignore_eos and token in self.checkpoint_config.eos_token_ids:
             return FinishReason.STOP  # the eos token adds no text
-        if (
-            seq.grammar is not None and seq.grammar.is_terminated()
-        ):  # it took end-of-sequence where it accepts
+        if seq.grammar is not None and seq.grammar.is_terminated():  # it took end-of-sequence
             return FinishReason.STOP
         if may_stop and token in p.stop_token_ids:
             seq.stop_reason = token

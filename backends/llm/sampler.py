@@ -1,4 +1,5 @@
-"""Batched sampling: penalties → logit bias → min_tokens mask → grammar mask → greedy, or temperature → min_p → top_k → top_p → draw."""
+"""Batched sampling: penalties → logit bias → min_tokens mask → grammar mask → greedy, or temperature → min_p →
+top_k → top_p → draw; then each guided sequence's grammar takes its token."""
 
 from __future__ import annotations
 
@@ -70,9 +71,8 @@ class Sampler:
                 logits[row, ids] += torch.tensor(
                     list(bias.values()), dtype=logits.dtype, device=logits.device
                 )
-            if (
-                seq.num_output_tokens < seq.params.min_tokens and seq.grammar is None
-            ):  # a grammar decides ends
+            # a guided row's grammar decides where it may end (banning EOS could leave no allowed token)
+            if seq.num_output_tokens < seq.params.min_tokens and seq.grammar is None:
                 banned = seq.params.stop_token_ids + ([] if seq.params.ignore_eos else eos_token_ids)
                 logits[row, banned] = float("-inf")
         grammar.apply_masks(logits, seqs)
