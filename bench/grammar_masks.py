@@ -4,7 +4,8 @@ For each engine: build the per-model vocabulary tables (setup), compile a JSON s
 mask before every token (what the sampler needs) and advancing with it. Prints compile time, mean and p99
 mask time per token, and whether every token of the document was allowed and the end accepted.
 
-    .venv/bin/python bench/grammar_masks.py [--repeat 3]
+    pip install xgrammar llguidance outlines-core   # only xgrammar is a dependency (extra `structured`)
+    .venv/bin/python bench/grammar_masks.py [--repeat 3] [--engines xgrammar,llguidance,outlines-core]
 """
 
 from __future__ import annotations
