@@ -1,7 +1,8 @@
 """Token-mask cost of the grammar engines on SmolLM2's 49k vocabulary (which engine backs structured output).
 
-For each engine: build the per-model vocabulary tables (setup), compile a JSON schema, then walk a valid document token by token, computing the next-token
-mask before every token (what the sampler needs) and advancing with it. Prints compile time, mean and p99
+For each engine: build the per-model vocabulary tables (setup), compile a JSON schema, then walk a valid
+document token by token, computing the next-token mask before every token (what the sampler needs) and
+advancing with it. Prints compile time, mean and p99
 mask time per token, and whether every token of the document was allowed and the end accepted.
 
     pip install xgrammar llguidance outlines-core   # only xgrammar is a dependency (extra `structured`)
