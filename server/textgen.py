@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 MESSAGES = "messages"
+TOOLS = "tools"
+"""Request parameter: the OpenAI tool objects a chat prompt renders (a list; its JSON text over the wire)."""
 TOKEN_IDS = "token_ids"
 LOGPROBS = "logprobs"
 PROMPT_LOGPROBS = "prompt_logprobs"
@@ -37,10 +39,14 @@ class ChatMessage:
     content: str
     name: str | None = None
     tool_call_id: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    """An assistant message's calls, in OpenAI's shape (``id``, ``type``, ``function.name/arguments``)."""
 
-    def as_dict(self) -> dict[str, str]:
+    def as_dict(self) -> dict[str, Any]:
         """The message as a chat template (and the wire form) sees it: only the keys that are set."""
-        out = {"role": self.role, "content": self.content}
+        out: dict[str, Any] = {"role": self.role, "content": self.content}
+        if self.tool_calls:
+            out["tool_calls"] = self.tool_calls
         if self.name is not None:
             out["name"] = self.name
         if self.tool_call_id is not None:

@@ -7,6 +7,14 @@ from typing import Any
 
 import torch
 
+_POSITIVE = (
+    "block_size",
+    "max_num_seqs",
+    "max_num_batched_tokens",
+    "max_n",
+    "max_grammar_bytes",
+    "max_schema_depth",
+)
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -46,6 +54,10 @@ class EngineConfig:
     """Seed of the generator used by requests without their own seed."""
     weights: str = "float"
     """float | int8 | int4: keep the weights quantised in memory (CPU, float32 compute; see `quant`)."""
+    max_grammar_bytes: int = 64 * 1024
+    """Longest guided-decoding schema, regex or grammar (bytes of its text) a request may send."""
+    max_schema_depth: int = 32
+    """Deepest nesting of objects and lists in a guided-decoding JSON schema."""
 
     def __post_init__(self) -> None:
         if self.dtype != "auto" and self.dtype not in _DTYPES:
@@ -54,7 +66,7 @@ class EngineConfig:
             torch.device(self.device)
         except RuntimeError as exc:
             raise ValueError(f"invalid device {self.device!r}: {exc}") from None
-        for name in ("block_size", "max_num_seqs", "max_num_batched_tokens", "max_n"):
+        for name in _POSITIVE:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.weights not in ("float", "int8", "int4"):

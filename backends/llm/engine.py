@@ -11,6 +11,7 @@ from nereid.backends.llm import kv_cache, loader
 from nereid.backends.llm.block_manager import BlockManager
 from nereid.backends.llm.config import EngineConfig
 from nereid.backends.llm.detokenizer import IncrementalDetokenizer
+from nereid.backends.llm.grammar import Grammars
 from nereid.backends.llm.model_runner import ModelRunner
 from nereid.backends.llm.outputs import EngineStats, RequestOutput
 from nereid.backends.llm.sampling import SamplingParams
@@ -40,6 +41,7 @@ class LLMEngine:
         self._pending: list[RequestOutput] = []
         self._prompt_tokens = self._generation_tokens = 0
         self._finished: Counter[str] = Counter()
+        self._grammars: Grammars | None = None  # built with the first guided request
 
     def add_request(
         self, request_id: str, prompt: str | Seq[int], params: SamplingParams | None = None, priority: int = 0
@@ -66,6 +68,8 @@ class LLMEngine:
         if params.seed is not None:
             generator = torch.Generator(device=self.model_runner.device).manual_seed(params.seed)
         seq = Sequence(request_id, ids, params, max_tokens, priority, generator)
+        if params.guided_decoding is not None:
+            seq.grammar = self._grammar_compiler().matcher(params.guided_decoding)
         self._seqs[request_id] = seq
         self._detok[request_id] = IncrementalDetokenizer(self.tokenizer, ids, params)
         self.scheduler.add(seq)
@@ -83,6 +87,16 @@ class LLMEngine:
         unknown = sorted(t for t in (*params.logit_bias, *params.stop_token_ids) if t >= vocab)
         if unknown:
             raise ValueError(f"token id {unknown[0]} is out of the vocabulary (ids are 0..{vocab - 1})")
+
+    def _grammar_compiler(self) -> Grammars:
+        if self._grammars is None:
+            self._grammars = Grammars(
+                self.tokenizer,
+                self.checkpoint_config.vocab_size,
+                self.config.max_grammar_bytes,
+                self.config.max_schema_depth,
+            )
+        return self._grammars
 
     def _prompt_ids(self, prompt: str | Seq[int]) -> list[int]:
         ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
@@ -141,6 +155,8 @@ class LLMEngine:
         may_stop = seq.num_output_tokens >= p.min_tokens
         if may_stop and not p.ignore_eos and token in self.checkpoint_config.eos_token_ids:
             return FinishReason.STOP  # the eos token adds no text
+        if seq.grammar is not None and seq.grammar.is_terminated():  # it took end-of-sequence
+            return FinishReason.STOP
         if may_stop and token in p.stop_token_ids:
             seq.stop_reason = token
             return FinishReason.STOP

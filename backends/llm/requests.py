@@ -21,10 +21,11 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from nereid.backends.llm.sampling import SamplingParams
+from nereid.backends.llm import chat
+from nereid.backends.llm.sampling import GuidedDecodingParams, SamplingParams
 from nereid.backends.llm.tokenizer import Tokenizer
 from nereid.server.errors import InvalidArgument
-from nereid.server.textgen import MESSAGES, ChatMessage
+from nereid.server.textgen import MESSAGES, TOOLS, ChatMessage
 from nereid.server.types import InferRequest
 
 _FLOATS = ("temperature", "top_p", "min_p", "repetition_penalty", "frequency_penalty", "presence_penalty")
@@ -32,7 +33,17 @@ _INTS = ("n", "top_k", "min_tokens")
 _OPTIONAL_INTS = ("seed", "max_tokens", "logprobs", "prompt_logprobs")
 _BOOLS = ("ignore_eos", "include_stop_str_in_output", "skip_special_tokens")
 SAMPLING_KEYS = frozenset(
-    (*_FLOATS, *_INTS, *_OPTIONAL_INTS, *_BOOLS, "stop", "stop_token_ids", "logit_bias")
+    (
+        *_FLOATS,
+        *_INTS,
+        *_OPTIONAL_INTS,
+        *_BOOLS,
+        "stop",
+        "stop_token_ids",
+        "logit_bias",
+        "guided_decoding",
+        "structured_outputs",
+    )
 )
 
 
@@ -90,10 +101,25 @@ def _prompt(request: InferRequest, tokenizer: Tokenizer) -> tuple[list[int], str
             return tokenizer.encode(text), text
         messages = _messages(text)
     try:
-        rendered = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+        rendered = chat.render(tokenizer, messages, _tools(request))
     except ValueError as exc:
         raise InvalidArgument(f"input 'messages': {exc}") from None
     return tokenizer.encode(rendered, add_special_tokens=False), rendered
+
+
+def _tools(request: InferRequest) -> list[dict[str, Any]] | None:
+    """The ``tools`` request parameter (a list of OpenAI tool objects, or its JSON text over the wire)."""
+    value = request.parameters.get(TOOLS)
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise InvalidArgument(f"parameter 'tools' is not valid JSON: {exc}") from None
+    if not isinstance(value, list) or not all(isinstance(t, dict) for t in value):
+        raise InvalidArgument("parameter 'tools' must be a list of tool objects")
+    return value
 
 
 def _typed_messages(request: InferRequest) -> list[ChatMessage] | None:
@@ -163,6 +189,8 @@ def sampling_params(request: InferRequest) -> SamplingParams:
                 f"unknown sampling parameter '{unknown[0]}' (known: {', '.join(sorted(SAMPLING_KEYS))})"
             )
         merged.update(given)
+    if "structured_outputs" in merged:  # vLLM's newer name
+        merged.setdefault("guided_decoding", merged.pop("structured_outputs"))
     kwargs = {key: _coerce(key, value) for key, value in merged.items()}
     if kwargs.get("top_k") == 0:  # vLLM: 0 or -1 disables top-k
         kwargs["top_k"] = -1
@@ -194,6 +222,8 @@ def _coerce(key: str, value: Any) -> Any:
             return _string_list(value)
         if key == "logit_bias":
             return _bias(value)
+        if key == "guided_decoding":
+            return _guided(value)
         return _int_list(value)  # stop_token_ids
     except (ValueError, TypeError, OverflowError):
         raise InvalidArgument(f"sampling parameter '{key}' has an invalid value {value!r}") from None
@@ -224,6 +254,20 @@ def _bias(value: Any) -> dict[int, float]:
             raise ValueError
         out[int(key)] = float(bias)
     return out
+
+
+def _guided(value: Any) -> GuidedDecodingParams:
+    """vLLM's guided decoding dict (or its JSON text: gRPC parameters carry no objects); a bad one names why."""
+    if isinstance(value, GuidedDecodingParams):
+        return value
+    if isinstance(value, str):
+        value = json.loads(value)
+    if not isinstance(value, dict):
+        raise ValueError
+    try:
+        return GuidedDecodingParams.from_dict(value)
+    except ValueError as exc:
+        raise InvalidArgument(f"sampling parameter 'guided_decoding': {exc}") from None
 
 
 def _int_list(value: Any) -> list[int]:

@@ -1,9 +1,11 @@
-"""Batched sampling: penalties → logit bias → min_tokens mask → greedy, or temperature → min_p → top_k → top_p → draw."""
+"""Batched sampling: penalties → logit bias → min_tokens mask → grammar mask → greedy, or temperature → min_p →
+top_k → top_p → draw; then each guided sequence's grammar takes its token."""
 
 from __future__ import annotations
 
 import torch
 
+from nereid.backends.llm import grammar
 from nereid.backends.llm.sequence import SampleLogprobs, Sequence
 
 
@@ -69,14 +71,17 @@ class Sampler:
                 logits[row, ids] += torch.tensor(
                     list(bias.values()), dtype=logits.dtype, device=logits.device
                 )
-            if seq.num_output_tokens < seq.params.min_tokens:
+            # a guided row's grammar decides where it may end (banning EOS could leave no allowed token)
+            if seq.num_output_tokens < seq.params.min_tokens and seq.grammar is None:
                 banned = seq.params.stop_token_ids + ([] if seq.params.ignore_eos else eos_token_ids)
                 logits[row, banned] = float("-inf")
+        grammar.apply_masks(logits, seqs)
         tokens = logits.argmax(-1)
         rows = [i for i, s in enumerate(seqs) if not s.params.greedy]
         if rows:
             tokens[rows] = self._draw(logits[rows], [seqs[i] for i in rows])
         token_ids = tokens.tolist()
+        grammar.advance(seqs, token_ids)
         return [
             (t, self._logprobs(raw, i, t, s) if raw is not None else None)
             for i, (t, s) in enumerate(zip(token_ids, seqs, strict=True))

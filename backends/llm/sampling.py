@@ -2,10 +2,73 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from typing import Any
 
 GREEDY_EPS = 1e-5
 """Temperatures below this mean greedy decoding (top_p, top_k and min_p are then ignored)."""
+
+
+@dataclass
+class GuidedDecodingParams:
+    """One grammar the output must match (vLLM's `GuidedDecodingParams` / `StructuredOutputsParams`): a JSON
+    Schema (`json`, a dict or its text), any JSON object (`json_object`), a `regex`, one of the strings in
+    `choice`, or an EBNF `grammar` (GBNF, root rule `root`). Exactly one is set; ValueError otherwise."""
+
+    json: str | dict[str, Any] | None = None
+    regex: str | None = None
+    choice: list[str] | None = None
+    grammar: str | None = None
+    json_object: bool = False
+
+    KINDS = ("json", "regex", "choice", "grammar", "json_object")
+
+    def __post_init__(self) -> None:
+        given = [k for k in self.KINDS if getattr(self, k) not in (None, False)]
+        if len(given) != 1:
+            raise ValueError(
+                f"guided decoding needs exactly one of {', '.join(self.KINDS)}, got {given or 'none'}"
+            )
+        if isinstance(self.json, str):
+            try:
+                self.json = json.loads(self.json)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"guided json schema is not valid JSON: {exc}") from None
+        checks = [
+            (self.json is None or isinstance(self.json, dict), "guided json schema must be a JSON object"),
+            (
+                self.regex is None or (isinstance(self.regex, str) and self.regex),
+                "guided regex must be a string",
+            ),
+            (
+                self.grammar is None or (isinstance(self.grammar, str) and self.grammar),
+                "guided grammar must be a string",
+            ),
+            (
+                self.choice is None
+                or (
+                    isinstance(self.choice, list)
+                    and self.choice
+                    and all(isinstance(c, str) for c in self.choice)
+                ),
+                "guided choice must be a non-empty list of strings",
+            ),
+            (isinstance(self.json_object, bool), "guided json_object must be a boolean"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+    @classmethod
+    def from_dict(cls, value: dict[str, Any]) -> GuidedDecodingParams:
+        """From vLLM's dict form; keys outside :attr:`KINDS` (backend hints) are ignored when None or false."""
+        unknown = sorted(k for k, v in value.items() if k not in cls.KINDS and v not in (None, False, ""))
+        if unknown:
+            raise ValueError(
+                f"unsupported guided decoding option {unknown[0]!r} (supported: {', '.join(cls.KINDS)})"
+            )
+        return cls(**{k: v for k, v in value.items() if k in cls.KINDS})
 
 
 @dataclass
@@ -42,6 +105,8 @@ class SamplingParams:
     skip_special_tokens: bool = True
     logit_bias: dict[int, float] = field(default_factory=dict)
     """Added to the logits of these token ids before sampling (OpenAI: -100..100; ids checked by the engine)."""
+    guided_decoding: GuidedDecodingParams | None = None
+    """Structured output: tokens are masked so that the output matches this grammar (compiled by the engine)."""
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -49,6 +114,8 @@ class SamplingParams:
         self.stop = list(self.stop)
         self.stop_token_ids = list(self.stop_token_ids)
         self.logit_bias = dict(self.logit_bias)
+        if isinstance(self.guided_decoding, dict):
+            self.guided_decoding = GuidedDecodingParams.from_dict(self.guided_decoding)
         checks = [
             (self.n >= 1, f"n must be >= 1, got {self.n}"),
             (self.temperature >= 0.0, f"temperature must be >= 0, got {self.temperature}"),

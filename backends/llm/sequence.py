@@ -6,6 +6,7 @@ import enum
 import itertools
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -72,6 +73,8 @@ class Sequence:
         """Filled by the model runner during prefill when `params.prompt_logprobs` is set."""
         if params.prompt_logprobs is not None:
             self.prompt_logprobs.append(SampleLogprobs(prompt_token_ids[0], 0.0))
+        self.grammar: Any = None
+        """Structured output: the xgrammar matcher the sampler masks with and advances (None: unconstrained)."""
 
     def __repr__(self) -> str:
         return (

@@ -60,6 +60,8 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "max_logprobs": _int,
     "seed": _int,
     "weights": str.strip,
+    "max_grammar_bytes": _size,
+    "max_schema_depth": _int,
 }
 PATH_PARAMETERS = ("model", "tokenizer")
 

@@ -24,6 +24,7 @@ from nereid.server.textgen import (
     MESSAGES,
     PROMPT_LOGPROBS,
     TOKEN_IDS,
+    TOOLS,
     TokenLogprob,
     read_logprobs,
     read_token_ids,
@@ -109,6 +110,10 @@ def to_infer_request(
             t.shape, t.data = (1, *t.shape), t.data.reshape((1, *t.shape))
     if call.priority is not None:
         parameters["priority"] = call.priority
+    if call.tools is not None and call.tools.choice != "none":
+        if not typed:
+            raise bad_request(f"model '{call.model}' does not take tools", "tools")
+        parameters[TOOLS] = call.tools.tools
     name, version = split_model(call.model)
     return InferRequest(
         model_name=name, model_version=version, id=request_id, inputs=inputs, parameters=parameters

@@ -7,11 +7,14 @@ The non-OpenAI sampling fields are accepted in the body as vLLM does.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
 from nereid.server.openai.errors import bad_request
 from nereid.server.openai.fields import flag, number, obj, token_ids
+from nereid.server.openai.structured import guided_decoding
+from nereid.server.openai.tools import Tools, parse_tools
 from nereid.server.textgen import ChatMessage
 
 MAX_TOP_LOGPROBS = 20
@@ -53,6 +56,8 @@ class CompletionCall:
     priority: int | None = None
     user: str | None = None
     sampling: dict[str, Any] = field(default_factory=dict)
+    tools: Tools | None = None
+    """Chat: the declared tools and tool_choice (None: no tools)."""
 
     @property
     def fan_out(self) -> int:
@@ -85,12 +90,14 @@ def parse_chat(body: Any) -> CompletionCall:
     if limit is not None:
         gen.sampling["max_tokens"] = limit
     gen.sampling.setdefault("max_tokens", None)  # chat's default: until the context is full
-    for key in ("tools", "functions"):
-        if body.get(key):
-            raise bad_request(f"'{key}' (function calling) is not supported by this server", key)
-    fmt = body.get("response_format")
-    if fmt is not None and (not isinstance(fmt, dict) or fmt.get("type") != "text"):
-        raise bad_request("only 'response_format': {'type': 'text'} is supported", "response_format")
+    gen.tools = parse_tools(body)
+    forced = gen.tools.guided_decoding() if gen.tools is not None else None
+    if forced is not None:
+        if "guided_decoding" in gen.sampling:
+            raise bad_request(
+                "a forced 'tool_choice' cannot be combined with a structured output format", "tool_choice"
+            )
+        gen.sampling["guided_decoding"] = forced
     return _finish(gen)
 
 
@@ -134,6 +141,9 @@ def _common(body: dict[str, Any], chat: bool) -> CompletionCall:
     if body.get("ignore_eos") is not None:
         gen.sampling["ignore_eos"] = flag(body, "ignore_eos")
     gen.priority = number(body, "priority", True, 0, 2**31)
+    guided = guided_decoding(body)
+    if guided is not None:
+        gen.sampling["guided_decoding"] = guided
     return gen
 
 
@@ -198,9 +208,39 @@ def parse_messages(value: Any) -> list[ChatMessage]:
                 content,
                 name if isinstance(name, str) else None,
                 call_id if isinstance(call_id, str) else None,
+                _tool_calls(message.get("tool_calls"), role, where),
             )
         )
     return out
+
+
+def _tool_calls(value: Any, role: str, where: str) -> list[dict[str, Any]] | None:
+    """An assistant message's earlier calls, fed back into the prompt: ``{id, type, function: {name,
+    arguments}}`` each."""
+    if value is None or value == []:
+        return None
+    if role != "assistant" or not isinstance(value, list):
+        raise bad_request(
+            f"{where}.tool_calls must be a list, on an assistant message", f"{where}.tool_calls"
+        )
+    calls = []
+    for i, item in enumerate(value):
+        fn = item.get("function") if isinstance(item, dict) else None
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+            raise bad_request(
+                f"{where}.tool_calls[{i}] must have a function with a name", f"{where}.tool_calls"
+            )
+        arguments = fn.get("arguments", "{}")
+        if not isinstance(arguments, str):
+            arguments = json.dumps(arguments)
+        calls.append(
+            {
+                "id": str(item.get("id", "")),
+                "type": "function",
+                "function": {"name": fn["name"], "arguments": arguments},
+            }
+        )
+    return calls
 
 
 def _content(value: Any, role: str, where: str) -> str:

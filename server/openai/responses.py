@@ -8,14 +8,16 @@ from typing import Any
 
 from nereid.server.openai.bridge import Delta
 from nereid.server.openai.protocol import CompletionCall
+from nereid.server.openai.tools import ToolParser, Tools
 from nereid.server.textgen import TokenLogprob, TopLogprob
 
 
 class _Choice:
     """One generation's accumulated text, logprobs and counts."""
 
-    def __init__(self, chat: bool, top: int | None, echo: str) -> None:
+    def __init__(self, chat: bool, top: int | None, echo: str, tools: Tools | None = None) -> None:
         self.texts: list[str] = []
+        self.tools = ToolParser(tools) if tools is not None and tools.choice != "none" else None
         self.echo = echo  # the prompt, sent ahead of the first text (echo without the backend's help)
         self.logprobs: dict[str, list[Any]] | None = None
         if top is not None:
@@ -55,7 +57,7 @@ class Reply:
         self.echo_logprobs = call.echo and not call.chat and call.logprobs is not None
         echoes = echoes or []
         self.choices = [
-            _Choice(call.chat, self.top, echoes[i // self.best_of] if echoes else "")
+            _Choice(call.chat, self.top, echoes[i // self.best_of] if echoes else "", call.tools)
             for i in range(call.fan_out)
         ]
 
@@ -69,13 +71,22 @@ class Reply:
         for key in ("prompt_tokens", "completion_tokens", "cached_tokens"):
             if getattr(delta, key) is not None:
                 setattr(choice, key, getattr(delta, key))
-        choice.finish_reason = delta.finish_reason or choice.finish_reason
+        finish_reason = delta.finish_reason
+        fields = None
+        if choice.tools is not None:
+            fields = _merge(choice.tools.feed(text), choice.tools.finish() if finish_reason else {})
+            if finish_reason == "stop" and choice.tools.calls:
+                finish_reason = "tool_calls"
+        choice.finish_reason = finish_reason or choice.finish_reason
         choice.cumulative_logprob += sum(e.logprob for e in delta.logprobs or [])
         prompt = (delta.prompt_logprobs or []) if self.echo_logprobs else []
         logprobs = self._logprobs(choice, delta.logprobs or [], prompt)
-        if not (text or logprobs or delta.finish_reason):
+        if not ((fields if fields is not None else text) or logprobs or finish_reason):
             return None
-        return self._chunk(delta.index, text, logprobs, delta.finish_reason)
+        chunk = self._chunk(delta.index, text, logprobs, finish_reason)
+        if fields is not None:
+            chunk["choices"][0]["delta"] = fields
+        return chunk
 
     def _logprobs(
         self, choice: _Choice, entries: list[TokenLogprob], prompt: list[TokenLogprob]
@@ -154,6 +165,14 @@ class Reply:
             entry: dict[str, Any] = {"index": index}
             if self.chat:
                 entry["message"] = {"role": "assistant", "content": text}
+                if choice.tools is not None and choice.tools.calls:
+                    entry["message"] = {
+                        "role": "assistant",
+                        "content": choice.tools.content or None,
+                        "tool_calls": choice.tools.calls,
+                    }
+                elif choice.tools is not None:
+                    entry["message"]["content"] = choice.tools.content
             else:
                 entry["text"] = text
             entry.update(logprobs=choice.logprobs, finish_reason=choice.finish_reason or "stop")
@@ -190,6 +209,16 @@ class Reply:
 
     def _head(self, kind: str) -> dict[str, Any]:
         return {"id": self.id, "object": kind, "created": self.created, "model": self.model}
+
+
+def _merge(first: dict[str, Any], second: dict[str, Any]) -> dict[str, Any]:
+    """Two stream delta fields of one chunk as one: content joined, tool call entries listed in order."""
+    out = dict(first)
+    if second.get("content"):
+        out["content"] = out.get("content", "") + second["content"]
+    if second.get("tool_calls"):
+        out["tool_calls"] = out.get("tool_calls", []) + second["tool_calls"]
+    return out
 
 
 def _token_logprob(e: TokenLogprob | TopLogprob) -> dict[str, Any]:
