@@ -132,6 +132,7 @@ def test_unregister_while_requests_read_is_safe(registry: SharedMemoryRegistry, 
                 return
 
     threads = [threading.Thread(target=reader) for _ in range(4)]
+    descriptors = len(os.listdir(f"/proc/{os.getpid()}/fd"))
     for thread in threads:
         thread.start()
     for _ in range(300):
@@ -141,7 +142,8 @@ def test_unregister_while_requests_read_is_safe(registry: SharedMemoryRegistry, 
     for thread in threads:
         thread.join()
     assert failures == []
-    assert len(os.listdir(f"/proc/{os.getpid()}/fd")) < 200  # every descriptor closed again
+    # Every descriptor closed again (other tests in this process hold their own, so count the change).
+    assert len(os.listdir(f"/proc/{os.getpid()}/fd")) <= descriptors + 50  # a leak would be ~300
 
 
 def test_tensor_parameters() -> None:
