@@ -24,7 +24,7 @@ cd "$ROOT"
 
 # ---- 1. llama-server -----------------------------------------------------------------------------
 if [ ! -x "$PEERS/llama-build/bin/llama-server" ]; then
-  "$PY" -m pip download --no-binary :all: --no-deps "llama-cpp-python==$LLAMA_CPP_PYTHON" -d "$PEERS/sdist"
+  "$PY" -m pip download --no-binary llama-cpp-python --no-deps "llama-cpp-python==$LLAMA_CPP_PYTHON" -d "$PEERS/sdist"
   tar -xzf "$PEERS"/sdist/llama_cpp_python-"$LLAMA_CPP_PYTHON".tar.gz -C "$PEERS"
   SRC="$PEERS/llama_cpp_python-$LLAMA_CPP_PYTHON/vendor/llama.cpp"
   nice -n 19 cmake -S "$SRC" -B "$PEERS/llama-build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON \

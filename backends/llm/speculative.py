@@ -138,7 +138,8 @@ class SpeculativeDecoder:
             for seq, _ in batch_in:
                 if seq.seq_id in drafts:
                     del seq.token_ids[-len(drafts[seq.seq_id]) :]
-        rows, seqs = [], []
+        rows: list[int] = []
+        seqs: list[Sequence] = []
         for i, (seq, n) in enumerate(batch):
             end = meta.query_start_loc[i + 1]
             m = len(drafts[seq.seq_id]) + 1 if seq.seq_id in drafts else 1
