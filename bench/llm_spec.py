@@ -136,6 +136,31 @@ def speculative(method: str, k: int, draft_layers: int, model: str) -> Any:
     )
 
 
+def step_cost(k: int, context: int = 256, reps: int = 15) -> dict[str, float]:
+    """Median ms of a target forward over 1 token and over k + 1 tokens (a verification) at ``context``
+    tokens, interleaved so both see the same machine load: the break-even tokens per step."""
+    from nereid.backends.llm import LLMEngine
+    from nereid.backends.llm.sampling import SamplingParams
+
+    engine = LLMEngine(llm_engine.engine_config({"enable_prefix_caching": False}))
+    engine.add_request("c", list(range(1000, 1000 + context)), SamplingParams(temperature=0.0, max_tokens=2))
+    engine.step()  # prefill
+    seq = engine.scheduler.running[0]
+    times: dict[int, list[float]] = {1: [], k + 1: []}
+    for _ in range(reps):
+        for n in times:
+            engine.block_manager.append_slots(seq, n)
+            seq.token_ids += [1000] * (n - 1)
+            t = time.perf_counter()
+            _, hidden, _meta = engine.model_runner.forward([(seq, n)])
+            engine.model_runner.sample(hidden, list(range(n)), [seq] * n)
+            times[n].append(time.perf_counter() - t)
+            del seq.token_ids[len(seq.token_ids) - (n - 1) :]
+    engine.abort("c")
+    one, many = (1000 * statistics.median(times[n]) for n in times)
+    return {"ms_1_token": round(one, 1), f"ms_{k + 1}_tokens": round(many, 1), "ratio": round(many / one, 2)}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--methods", default="plain,ngram,draft")
@@ -145,7 +170,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-k", type=int, default=4, help="num_speculative_tokens")
     parser.add_argument("--draft-layers", type=int, default=8)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--step-cost", action="store_true", help="only time a 1-token vs a k+1-token forward")
     args = parser.parse_args(argv)
+    if args.step_cost:
+        print(json.dumps({"uptime": llm_engine.llm.uptime(), **step_cost(args.k)}), flush=True)
+        return 0
 
     from nereid.backends.llm import LLMEngine
 
