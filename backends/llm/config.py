@@ -29,6 +29,9 @@ class SpeculativeConfig:
     """ngram: shortest suffix n-gram tried."""
     model: str | None = None
     """draft_model: the draft checkpoint (Hugging Face directory or .gguf); it must share the target's vocabulary."""
+    disable_by_batch_size: int | None = None
+    """Speculate only in steps that schedule at most this many sequences (vLLM's name; None: always). On CPU a
+    verification chunk takes the per-sequence attention path, so large batches lose more than they gain."""
     draft_num_layers: int | None = None
     """draft_model: keep only the draft's first N decoder layers (a cheap self-draft for tests; Nereid's own)."""
 
@@ -47,6 +50,8 @@ class SpeculativeConfig:
             )
         if self.method == "draft_model" and not self.model:
             raise ValueError("speculative method draft_model needs 'model' (the draft checkpoint)")
+        if self.disable_by_batch_size is not None and self.disable_by_batch_size < 1:
+            raise ValueError(f"disable_by_batch_size must be >= 1, got {self.disable_by_batch_size}")
         if self.draft_num_layers is not None and self.draft_num_layers < 1:
             raise ValueError(f"draft_num_layers must be >= 1, got {self.draft_num_layers}")
 

@@ -167,6 +167,9 @@ class SpeculativeDecoder:
 
     def _propose(self, scheduled: list[tuple[Sequence, int]], spare: int) -> dict[int, list[int]]:
         k_max, wanted = self.spec.num_speculative_tokens, []
+        limit = self.spec.disable_by_batch_size
+        if limit is not None and len(scheduled) > limit:
+            return {}
         for seq, n in scheduled:
             if n != 1 or seq.num_computed_tokens + 1 != seq.num_tokens or not speculates(seq):
                 continue

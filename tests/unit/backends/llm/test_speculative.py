@@ -100,3 +100,14 @@ def test_sampled_requests_decode_normally_beside_speculating_ones(make_engine, g
     expected = generate(make_engine(), greedy(24), run, collect_tokens)
     assert generate(engine, greedy(24), run, collect_tokens) == expected  # drained "sampled" too
     assert engine.stats().generation_tokens == sum(map(len, expected)) + 24
+
+
+def test_disable_by_batch_size_speculates_only_in_small_batches(make_engine, greedy, run, collect_tokens):
+    expected = generate(make_engine(), greedy(24), run, collect_tokens)
+    spec = SpeculativeConfig(num_speculative_tokens=3, prompt_lookup_max=3, disable_by_batch_size=1)
+    engine = make_engine(speculative_config=spec)
+    assert generate(engine, greedy(24), run, collect_tokens) == expected  # 7 at once: no drafts
+    assert engine.stats().spec_decode_num_drafts == 0
+    engine.add_request("alone", prompts()[0], greedy(24))
+    assert collect_tokens(run(engine)["alone"]) == expected[0]
+    assert engine.stats().spec_decode_num_drafts > 0
