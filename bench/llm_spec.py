@@ -115,7 +115,7 @@ def run_level(engine: Any, chats: list[list[int]], concurrency: int, max_tokens:
         "itl_ms_p50": round(1000 * percentile(itl, 50), 1) if itl else None,
         "itl_ms_p99": round(1000 * percentile(itl, 99), 1) if itl else None,
         "acceptance": round(accepted / drafted, 3) if drafted else None,
-        "tokens_per_step": round(tokens / max(1, len({t for tr in chunks.values() for t, _ in tr})), 2),
+        "tokens_per_chunk": round(tokens / max(1, sum(len(tr) for tr in chunks.values())), 2),
     }
 
 
