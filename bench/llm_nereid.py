@@ -108,9 +108,12 @@ async def sample_kv(
 
 
 async def nereid_level(
-    server: Server, requests: list[Request], concurrency: int, state: LiveState | None = None
+    server: Any, requests: list[Request], concurrency: int, state: LiveState | None = None
 ) -> tuple[list[Trace], float, dict[str, Any]]:
-    """The closed loop over the OpenAI streaming API; returns traces, wall seconds and KV-waste samples."""
+    """The closed loop over the OpenAI streaming API; returns traces, wall seconds and KV-waste samples.
+
+    ``server`` needs ``base`` (the HTTP root); a server whose ``metrics_url`` is None (a peer: llama.cpp,
+    vLLM) is driven the same way without the KV samples and counters, and gets its ``extra_body`` fields."""
     import aiohttp
     import orjson
 
@@ -121,11 +124,15 @@ async def nereid_level(
     clock = time.perf_counter
     connector = aiohttp.TCPConnector(limit=concurrency + 1)
     timeout = aiohttp.ClientTimeout(total=None, sock_read=600)
+    live = getattr(server, "metrics_url", None) is not None
+    extra_body = getattr(server, "extra_body", {})
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-        async with session.get(server.metrics_url) as resp:
-            m0 = parse_metrics(await resp.text())
+        m0: dict[str, float] = {}
+        if live:
+            async with session.get(server.metrics_url) as resp:
+                m0 = parse_metrics(await resp.text())
         base = {"generated": m0.get("nereid_llm_generation_tokens_total", 0.0)}
-        samples = WasteSamples(server.num_kv_blocks()[1])
+        samples = WasteSamples(server.num_kv_blocks()[1] if live else 1)
 
         async def one(index: int, req: Request) -> Trace:
             body = {
@@ -136,6 +143,7 @@ async def nereid_level(
                 "ignore_eos": True,
                 "stream": True,
                 "logprobs": 0,
+                **extra_body,
             }
             state.prompt[index], state.received[index] = len(req.prompt), 0
             trace = Trace(clock(), [], len(req.prompt), req.max_tokens)
@@ -170,16 +178,21 @@ async def nereid_level(
                 traces[index] = await one(index, req)
 
         stop = asyncio.Event()
-        sampler = asyncio.create_task(sample_kv(session, server, state, samples, stop, base))
+        sampler = (
+            asyncio.create_task(sample_kv(session, server, state, samples, stop, base)) if live else None
+        )
         start = clock()
         try:
             await asyncio.gather(*(worker() for _ in range(concurrency)))
         finally:
             seconds = clock() - start
             stop.set()
-            await asyncio.gather(sampler, return_exceptions=True)
-        async with session.get(server.metrics_url) as resp:
-            m1 = parse_metrics(await resp.text())
+            if sampler is not None:
+                await asyncio.gather(sampler, return_exceptions=True)
+        m1: dict[str, float] = {}
+        if live:
+            async with session.get(server.metrics_url) as resp:
+                m1 = parse_metrics(await resp.text())
     counters = {
         "preemptions": int(
             m1.get("nereid_llm_num_preemptions_total", 0) - m0.get("nereid_llm_num_preemptions_total", 0)
@@ -192,4 +205,5 @@ async def nereid_level(
         assert t is not None
         t.submitted -= start
         t.token_times = [x - start for x in t.token_times]
-    return [t for t in traces if t is not None], seconds, {"kv_live": samples.summary(), **counters}
+    done = [t for t in traces if t is not None]
+    return done, seconds, ({"kv_live": samples.summary(), **counters} if live else {})

@@ -90,6 +90,8 @@ WORKLOADS = {
     # Llama tokenizer) so that a run fits on 2 vCPUs: lognormal, sigma 1.0, medians 64 (prompt) and 48
     # (output), clipped to 4-512. Over many draws: prompts mean 101, median 64; outputs mean 77,
     # median 48, max 512. Up to 64 requests per level, so c=32 runs two static batches.
+    # The peers comparison (bench/llm_peers.py): long prompts and outputs, uniform.
+    "peers": Workload(prompt_range=(64, 512), output_range=(64, 256)),
     "sharegpt": Workload(
         prompt_range=(4, 512),
         output_range=(4, 512),

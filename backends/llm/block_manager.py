@@ -172,6 +172,17 @@ class BlockManager:
             block.token_ids = tuple(seq.token_ids[i * bs : (i + 1) * bs])
             self._cached.setdefault(hashes[i], block.block_id)  # a duplicate stays private to its sequence
 
+    def truncate(self, seq: Sequence, num_tokens: int) -> None:
+        """Release the blocks past those needed for the first `num_tokens` tokens (rejected speculative
+        tokens' slots). Such blocks hold no full computed block, so they were never published or shared."""
+        keep = self._num_blocks_for(num_tokens)
+        while len(seq.block_table) > keep:
+            block = self.blocks[seq.block_table.pop()]
+            block.ref_count -= 1
+            if block.ref_count == 0:
+                block.reset()
+                self._free.append(block.block_id)
+
     def free(self, seq: Sequence) -> None:
         """Drop the sequence's references; its last blocks become the first candidates for eviction."""
         for block_id in reversed(seq.block_table):

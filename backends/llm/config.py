@@ -16,6 +16,52 @@ _POSITIVE = (
     "max_schema_depth",
 )
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+SPECULATIVE_METHODS = ("ngram", "draft_model")
+
+
+@dataclass
+class SpeculativeConfig:
+    """Speculative decoding of one model; the fields and names of vLLM's ``--speculative-config`` JSON.
+
+    Greedy requests only: a request with temperature > 0, penalties, logprobs or unmet ``min_tokens`` decodes
+    one token per step as usual, in the same batch (see :mod:`nereid.backends.llm.speculative`).
+    """
+
+    method: str = "ngram"
+    """``ngram`` (prompt lookup: drafts copied from the request's own tokens) or ``draft_model`` (alias ``draft``)."""
+    num_speculative_tokens: int = 4
+    """Draft tokens proposed per step (k); the target verifies k + 1 positions in one forward."""
+    prompt_lookup_max: int = 4
+    """ngram: longest suffix n-gram matched against earlier tokens (tried first)."""
+    prompt_lookup_min: int = 1
+    """ngram: shortest suffix n-gram tried."""
+    model: str | None = None
+    """draft_model: the draft checkpoint (Hugging Face directory or .gguf); it must share the target's vocabulary."""
+    disable_by_batch_size: int | None = None
+    """Speculate only in steps that schedule at most this many sequences (vLLM's name; None: always). On CPU a
+    verification chunk takes the per-sequence attention path, so large batches lose more than they gain."""
+    draft_num_layers: int | None = None
+    """draft_model: keep only the draft's first N decoder layers (a cheap self-draft for tests; Nereid's own)."""
+
+    def __post_init__(self) -> None:
+        self.method = "draft_model" if self.method == "draft" else self.method
+        if self.method not in SPECULATIVE_METHODS:
+            raise ValueError(
+                f"speculative method must be one of {list(SPECULATIVE_METHODS)}, got {self.method!r}"
+            )
+        if self.num_speculative_tokens < 1:
+            raise ValueError(f"num_speculative_tokens must be >= 1, got {self.num_speculative_tokens}")
+        if not 1 <= self.prompt_lookup_min <= self.prompt_lookup_max:
+            raise ValueError(
+                f"need 1 <= prompt_lookup_min <= prompt_lookup_max, got {self.prompt_lookup_min} and "
+                f"{self.prompt_lookup_max}"
+            )
+        if self.method == "draft_model" and not self.model:
+            raise ValueError("speculative method draft_model needs 'model' (the draft checkpoint)")
+        if self.disable_by_batch_size is not None and self.disable_by_batch_size < 1:
+            raise ValueError(f"disable_by_batch_size must be >= 1, got {self.disable_by_batch_size}")
+        if self.draft_num_layers is not None and self.draft_num_layers < 1:
+            raise ValueError(f"draft_num_layers must be >= 1, got {self.draft_num_layers}")
 
 
 @dataclass
@@ -58,6 +104,8 @@ class EngineConfig:
     """Longest guided-decoding schema, regex or grammar (bytes of its text) a request may send."""
     max_schema_depth: int = 32
     """Deepest nesting of objects and lists in a guided-decoding JSON schema."""
+    speculative_config: SpeculativeConfig | None = None
+    """Speculative decoding (None: off)."""
 
     def __post_init__(self) -> None:
         if self.dtype != "auto" and self.dtype not in _DTYPES:

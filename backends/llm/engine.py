@@ -12,11 +12,12 @@ from nereid.backends.llm.block_manager import BlockManager
 from nereid.backends.llm.config import EngineConfig
 from nereid.backends.llm.detokenizer import IncrementalDetokenizer
 from nereid.backends.llm.grammar import Grammars
-from nereid.backends.llm.model_runner import ModelRunner
+from nereid.backends.llm.model_runner import ModelRunner, Sample
 from nereid.backends.llm.outputs import EngineStats, RequestOutput
 from nereid.backends.llm.sampling import SamplingParams
 from nereid.backends.llm.scheduler import Scheduler
 from nereid.backends.llm.sequence import FinishReason, SampleLogprobs, Sequence
+from nereid.backends.llm.speculative import SpecDecodeStats, SpeculativeDecoder
 
 
 class LLMEngine:
@@ -36,6 +37,11 @@ class LLMEngine:
         self.block_manager = BlockManager(num_blocks, config.block_size, config.enable_prefix_caching)
         self.scheduler = Scheduler(config, self.block_manager)
         self.model_runner = ModelRunner(loaded.model, loaded.config, config, num_blocks)
+        self.speculative: SpeculativeDecoder | None = None
+        if config.speculative_config is not None:
+            self.speculative = SpeculativeDecoder(
+                config, self.model_runner, self.block_manager, loaded.config, self.max_model_len
+            )
         self._seqs: dict[str, Sequence] = {}
         self._detok: dict[str, IncrementalDetokenizer] = {}
         self._pending: list[RequestOutput] = []
@@ -130,25 +136,40 @@ class LLMEngine:
         scheduled = self.scheduler.schedule().scheduled
         if not scheduled:
             return outputs
-        samples = self.model_runner.execute(scheduled)
+        if self.speculative is not None:
+            samples = self.speculative.execute(scheduled)
+        else:
+            samples = {k: [v] for k, v in self.model_runner.execute(scheduled).items()}
         for seq, n in scheduled:
             seq.num_computed_tokens += n
+            new = samples.get(seq.seq_id, [])
+            new, reason = self._append(seq, new)
             self.block_manager.cache_full_blocks(seq)
-            if seq.seq_id not in samples:
+            if not new:
                 continue
-            token, logprobs = samples[seq.seq_id]
-            if seq.num_output_tokens == 0:
-                self._prompt_tokens += seq.num_prompt_tokens
+            if reason is not None:
+                self._finish(seq, reason)
+            text = self._detok[seq.request_id].pop_delta(finished=reason is not None)
+            tokens, logprobs = [t for t, _ in new], [lp for _, lp in new if lp]
+            outputs.append(self._output(seq, tokens, logprobs, text))
+            if reason is not None:
+                del self._detok[seq.request_id]
+        return outputs
+
+    def _append(self, seq: Sequence, new: list[Sample]) -> tuple[list[Sample], FinishReason | None]:
+        """Append a step's tokens (one, or verified drafts plus one) until a stop rule fires.
+        Returns the tokens taken and the finish reason, if any."""
+        if new and seq.num_output_tokens == 0:
+            self._prompt_tokens += seq.num_prompt_tokens
+        for i, (token, logprobs) in enumerate(new):
+            if i:  # the previous token was a verified draft: its KV is already in the cache
+                seq.num_computed_tokens += 1
             seq.append_token(token, logprobs)
             self._generation_tokens += 1
             reason = self._check_stop(seq, token)
             if reason is not None:
-                self._finish(seq, reason)
-            text = self._detok[seq.request_id].pop_delta(finished=reason is not None)
-            outputs.append(self._output(seq, [token], [logprobs] if logprobs else [], text))
-            if reason is not None:
-                del self._detok[seq.request_id]
-        return outputs
+                return new[: i + 1], reason
+        return new, None
 
     def _check_stop(self, seq: Sequence, token: int) -> FinishReason | None:
         p, detok = seq.params, self._detok[seq.request_id]
@@ -170,6 +191,8 @@ class LLMEngine:
 
     def _finish(self, seq: Sequence, reason: FinishReason) -> None:
         self.scheduler.finish(seq, reason)
+        if self.speculative is not None:
+            self.speculative.release(seq)
         self._seqs.pop(seq.request_id, None)
         self._finished[reason.value] += 1
         if reason is FinishReason.ABORT:
@@ -196,6 +219,7 @@ class LLMEngine:
 
     def stats(self) -> EngineStats:
         bm = self.block_manager
+        spec = self.speculative.stats if self.speculative is not None else SpecDecodeStats()
         return EngineStats(
             num_running=len(self.scheduler.running),
             num_waiting=len(self.scheduler.waiting),
@@ -208,4 +232,7 @@ class LLMEngine:
             prompt_tokens=self._prompt_tokens,
             generation_tokens=self._generation_tokens,
             num_finished=dict(self._finished),
+            spec_decode_num_drafts=spec.num_drafts,
+            spec_decode_num_draft_tokens=spec.num_draft_tokens,
+            spec_decode_num_accepted_tokens=spec.num_accepted_tokens,
         )

@@ -52,6 +52,13 @@ PREFIX_HITS = _family(Counter, "nereid_llm_prefix_cache_hits", "Prompt tokens fo
 PREEMPTIONS = _family(Counter, "nereid_llm_num_preemptions", "Sequences preempted (to be recomputed)")
 PROMPT_TOKENS = _family(Counter, "nereid_llm_prompt_tokens", "Prompt tokens processed")
 GENERATION_TOKENS = _family(Counter, "nereid_llm_generation_tokens", "Tokens generated")
+SPEC_DRAFTS = _family(
+    Counter, "nereid_llm_spec_decode_num_drafts", "Speculative decoding: verifications of a non-empty draft"
+)
+SPEC_DRAFT_TOKENS = _family(Counter, "nereid_llm_spec_decode_num_draft_tokens", "Draft tokens proposed")
+SPEC_ACCEPTED_TOKENS = _family(
+    Counter, "nereid_llm_spec_decode_num_accepted_tokens", "Draft tokens accepted by the target model"
+)
 
 _GAUGES = (RUNNING, WAITING, KV_USAGE)
 # EngineStats counter field -> family; the engine's totals are turned into increments.
@@ -61,6 +68,9 @@ _COUNTERS = {
     "num_preemptions": PREEMPTIONS,
     "prompt_tokens": PROMPT_TOKENS,
     "generation_tokens": GENERATION_TOKENS,
+    "spec_decode_num_drafts": SPEC_DRAFTS,
+    "spec_decode_num_draft_tokens": SPEC_DRAFT_TOKENS,
+    "spec_decode_num_accepted_tokens": SPEC_ACCEPTED_TOKENS,
 }
 _owners: dict[tuple[str, str], object] = {}
 

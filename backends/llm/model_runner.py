@@ -71,21 +71,33 @@ class ModelRunner:
         )
 
     @torch.inference_mode()
-    def execute(self, scheduled: list[tuple[Sequence, int]]) -> dict[int, Sample]:
-        """Compute the scheduled tokens' K/V; sample for every sequence whose tokens are now all computed.
-
-        Returns `{seq_id: (token_id, logprobs)}`; sequences in the middle of a chunked prefill get nothing.
-        """
+    def forward(
+        self, scheduled: list[tuple[Sequence, int]]
+    ) -> tuple[list[tuple[Sequence, int]], torch.Tensor, AttentionMetadata]:
+        """Compute the scheduled tokens' K/V. Returns the batch in run order, its final hidden states and
+        metadata (sequence i's rows are `meta.query_start_loc[i]:meta.query_start_loc[i + 1]`)."""
         # Decodes first, shortest context first (for `decode_groups`); then the prefill chunks.
         batch = sorted(scheduled, key=lambda item: (item[1] != 1, item[0].num_computed_tokens))
         input_ids, positions, meta = self.prepare(batch)
         hidden = self.model(input_ids, positions, self.kv_cache, meta)
         prompt_logprobs.record(self.model, batch, hidden, meta)
+        return batch, hidden, meta
+
+    @torch.inference_mode()
+    def sample(self, hidden: torch.Tensor, rows: list[int], seqs: list[Sequence]) -> list[Sample]:
+        """Sample one token from each of `hidden`'s `rows`, row j for `seqs[j]`."""
+        logits = self.model.compute_logits(hidden[torch.tensor(rows, device=self.device)])
+        return self.sampler(logits, seqs, self.checkpoint_config.eos_token_ids)
+
+    def execute(self, scheduled: list[tuple[Sequence, int]]) -> dict[int, Sample]:
+        """Compute the scheduled tokens' K/V; sample for every sequence whose tokens are now all computed.
+
+        Returns `{seq_id: (token_id, logprobs)}`; sequences in the middle of a chunked prefill get nothing.
+        """
+        batch, hidden, meta = self.forward(scheduled)
         done = [i for i, (seq, n) in enumerate(batch) if seq.num_computed_tokens + n == seq.num_tokens]
         if not done:
             return {}
-        rows = torch.tensor([meta.query_start_loc[i + 1] - 1 for i in done], device=self.device)
-        logits = self.model.compute_logits(hidden[rows])
         seqs = [batch[i][0] for i in done]
-        samples = self.sampler(logits, seqs, self.checkpoint_config.eos_token_ids)
+        samples = self.sample(hidden, [meta.query_start_loc[i + 1] - 1 for i in done], seqs)
         return {seq.seq_id: sample for seq, sample in zip(seqs, samples, strict=True)}

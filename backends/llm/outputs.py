@@ -51,3 +51,7 @@ class EngineStats:
     generation_tokens: int
     num_finished: dict[str, int] = field(default_factory=dict)
     """Counter per finish reason."""
+    spec_decode_num_drafts: int = 0
+    """Counter: speculative verifications of a non-empty draft (0 without speculative decoding)."""
+    spec_decode_num_draft_tokens: int = 0
+    spec_decode_num_accepted_tokens: int = 0

@@ -6,14 +6,16 @@ maps onto the EngineConfig field of the same name. A bad value fails the load wi
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
+import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from nereid.backends.base import InstanceContext, ModelContext
-from nereid.backends.llm.config import EngineConfig
+from nereid.backends.llm.config import EngineConfig, SpeculativeConfig
 from nereid.proto import model_config_pb2 as mc
 from nereid.server.errors import InvalidArgument
 
@@ -64,6 +66,8 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "max_schema_depth": _int,
 }
 PATH_PARAMETERS = ("model", "tokenizer")
+SPECULATIVE = "speculative_config"
+"""vLLM's ``--speculative-config`` JSON, e.g. ``{"method": "ngram", "num_speculative_tokens": 4}``."""
 
 # The Triton vLLM-backend signature; auto-complete fills it in when a config declares no inputs.
 INPUTS = (
@@ -96,6 +100,8 @@ def engine_config(context: ModelContext, instance: InstanceContext) -> EngineCon
         text = context.config.parameters[key].string_value
         if key in PATH_PARAMETERS:
             values[key] = str(resolve_path(text, context.version_dir, key))
+        elif key == SPECULATIVE:
+            values[key] = speculative_config(text, context.version_dir)
         elif key in _PARSERS:
             try:
                 values[key] = _PARSERS[key](text)
@@ -109,6 +115,24 @@ def engine_config(context: ModelContext, instance: InstanceContext) -> EngineCon
         return EngineConfig(**values)
     except ValueError as exc:
         raise InvalidArgument(f"model '{context.name}': invalid engine parameters: {exc}") from None
+
+
+def speculative_config(text: str, version_dir: Path) -> SpeculativeConfig:
+    """Parse the ``speculative_config`` parameter; a draft ``model`` path resolves like ``model``."""
+    try:
+        fields = json.loads(text)
+        if not isinstance(fields, dict):
+            raise ValueError("expected a JSON object")
+        known = {f.name for f in dataclasses.fields(SpeculativeConfig)}
+        unknown = sorted(set(fields) - known)
+        if unknown:
+            raise ValueError(f"unknown key {unknown[0]!r} (known: {', '.join(sorted(known))})")
+        spec = SpeculativeConfig(**fields)
+    except (ValueError, TypeError) as exc:
+        raise InvalidArgument(f"parameter '{SPECULATIVE}': invalid value {text!r} ({exc})") from None
+    if spec.model:
+        spec.model = str(resolve_path(spec.model, version_dir, f"{SPECULATIVE}.model"))
+    return spec
 
 
 def resolve_path(text: str, version_dir: Path, key: str = "model") -> Path:

@@ -30,6 +30,9 @@ RENAMES: tuple[tuple[object, tuple[str, ...]], ...] = (
     (m.PREEMPTIONS, ("vllm:num_preemptions",)),
     (m.PREFIX_QUERIES, ("vllm:prefix_cache_queries",)),
     (m.PREFIX_HITS, ("vllm:prefix_cache_hits",)),
+    (m.SPEC_DRAFTS, ("vllm:spec_decode_num_drafts",)),
+    (m.SPEC_DRAFT_TOKENS, ("vllm:spec_decode_num_draft_tokens",)),
+    (m.SPEC_ACCEPTED_TOKENS, ("vllm:spec_decode_num_accepted_tokens",)),
 )
 LABELS = {"model": "model_name", "version": "engine"}
 
