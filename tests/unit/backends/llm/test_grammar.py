@@ -9,6 +9,7 @@ import jsonschema
 import pytest
 
 from nereid.backends.llm.chat import hermes_messages, render, supports_tools
+from nereid.backends.llm.config import SpeculativeConfig
 from nereid.backends.llm.sampling import GuidedDecodingParams, SamplingParams
 
 pytest.importorskip("xgrammar")
@@ -116,3 +117,17 @@ def test_request_parameters_carry_guided_decoding_as_object_or_json_text():
     )
     with pytest.raises(InvalidArgument, match="guided_decoding"):
         params(guided_decoding='{"regex": "a", "json_object": true}')
+
+
+def test_greedy_guided_rows_match_their_grammar_in_a_speculating_engine(make_engine, run):
+    # Greedy rows are the ones prompt lookup would draft for; a guided one must decode one masked token per step.
+    engine = make_engine(speculative_config=SpeculativeConfig(num_speculative_tokens=3, prompt_lookup_max=3))
+    prompt = engine.tokenizer.encode("x1 x2 x3 x4 fox dog fox dog")
+    for i, (spec, _) in enumerate(SPECS):
+        engine.add_request(str(i), prompt, SamplingParams(temperature=0, max_tokens=40, guided_decoding=spec))
+    engine.add_request("free", prompt, SamplingParams(temperature=0, max_tokens=16, ignore_eos=True))
+    outputs = run(engine)
+    for i, (_, check) in enumerate(SPECS):
+        assert outputs[str(i)][-1].finish_reason == "stop"
+        check("".join(o.new_text for o in outputs[str(i)]))
+    assert len([t for o in outputs["free"] for t in o.new_token_ids]) == 16
