@@ -1,6 +1,7 @@
 """Quantised weights (``weights: float|int8|int4``) on the example SmolLM2 GGUF: memory, speed, agreement.
 
-    python bench/llm_quant.py [--modes float,int8,int4] [--tokens 32] [--itl-tokens 48] [--json out.json]
+    python bench/llm_quant.py [--modes float,int8,int4,bfloat16] [--tokens 32] [--itl-tokens 48]
+                              [--threads N] [--json out.json]
 
 For each mode: the model's resident weight bytes (every distinct parameter/buffer storage), the
 single-stream inter-token latency (ms per decode step of one greedy request, after its prefill), and the
@@ -40,11 +41,18 @@ def smollm2_path() -> Path:
     return next(Path(spec.submodule_search_locations[0]).glob("*.gguf"))
 
 
-def make_engine(weights: str) -> Any:
+def make_engine(mode: str) -> Any:
+    """`mode` is a ``weights`` value, or ``bfloat16`` (float weights, ``dtype: bfloat16``)."""
     from nereid.backends.llm import EngineConfig, LLMEngine
 
+    weights, dtype = ("float", "bfloat16") if mode == "bfloat16" else (mode, "auto")
     config = EngineConfig(
-        model=str(smollm2_path()), max_model_len=512, kv_cache_bytes=64 << 20, block_size=8, weights=weights
+        model=str(smollm2_path()),
+        max_model_len=512,
+        kv_cache_bytes=64 << 20,
+        block_size=8,
+        weights=weights,
+        dtype=dtype,
     )
     return LLMEngine(config)
 
@@ -93,8 +101,13 @@ def main() -> None:
     parser.add_argument("--modes", default="float,int8,int4")
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--itl-tokens", type=int, default=48)
+    parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--json")
     args = parser.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     from nereid.backends.llm.quant import resident_weight_bytes
 
     rows: list[dict[str, Any]] = []
@@ -111,7 +124,7 @@ def main() -> None:
         }
         rows.append(row)
         print(
-            f"{mode:6s} weights {row['weight_mib']:7.1f} MiB  ITL {row['itl_ms']:6.2f} ms  "
+            f"{mode:8s} weights {row['weight_mib']:7.1f} MiB  ITL {row['itl_ms']:6.2f} ms  "
             f"agreement prefix {row['prefix']:.3f} positions {row['positions']:.3f}",
             flush=True,
         )

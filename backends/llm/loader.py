@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
+from nereid.backends.llm import prepack
 from nereid.backends.llm.config import CheckpointConfig, EngineConfig
 from nereid.backends.llm.gguf_loader import GGUFCheckpoint
 from nereid.backends.llm.models.llama import PACKED, LlamaForCausalLM, rope_inv_freq
@@ -43,6 +44,8 @@ def load(config: EngineConfig) -> LoadedModel:
     else:
         raise ValueError(f"{path}: expected a directory with config.json or a .gguf file")
     model = quantize(model, config.weights)
+    if config.weights == "float":
+        model = prepack.pack(model)  # bfloat16 on CPU: oneDNN weights reordered once
     eos = list(dict.fromkeys([*model_cfg.eos_token_ids, *tokenizer.eos_token_ids]))
     model_cfg.eos_token_ids = tokenizer.eos_token_ids = eos
     return LoadedModel(model, model_cfg, tokenizer)

@@ -121,6 +121,9 @@ def resident_weight_bytes(model: nn.Module) -> int:
     seen: set[int] = set()
     total = 0
     for t in (*model.parameters(), *model.buffers()):
+        if t.is_mkldnn:  # oneDNN's opaque layout (`prepack`): no storage to share
+            total += t.numel() * t.element_size()
+            continue
         key = t.untyped_storage().data_ptr()
         if key not in seen:
             seen.add(key)

@@ -110,3 +110,18 @@ def test_smollm2_quantised_memory_and_agreement(float_smollm2, weights):
     print(f"{weights}: greedy agreement {agreement:.3f}")
     assert agreement >= MIN_AGREEMENT[weights]
     assert "Paris" in engine.tokenizer.decode(outputs[0])  # coherent, not just similar
+
+
+@pytest.mark.slow
+def test_smollm2_bfloat16_agreement(float_smollm2):
+    """`dtype: bfloat16` (oneDNN-prepacked projections, see `prepack`) against the float32 model."""
+    _, reference = float_smollm2
+    engine = LLMEngine(
+        EngineConfig(model=str(smollm2_path()), max_model_len=256, kv_cache_bytes=32 << 20, dtype="bfloat16")
+    )
+    outputs = greedy(engine)
+    same = sum(a == b for r, o in zip(reference, outputs, strict=True) for a, b in zip(r, o, strict=True))
+    agreement = same / (len(PROMPTS) * TOKENS)
+    print(f"bfloat16: greedy agreement {agreement:.3f}")
+    assert agreement >= 0.6
+    assert "Paris" in engine.tokenizer.decode(outputs[0])
