@@ -66,6 +66,18 @@ def test_reloading_a_model_keeps_serving_and_metrics(repo, start_server, tiny_ll
     assert 'nereid_llm_generation_tokens_total{model="tiny",version="1"}' in metrics
 
 
+def _wait_for_waiting(metrics_url: str, count: int, timeout: float = 30.0) -> None:
+    """Until the engine reports ``count`` waiting requests (a sleep raced on a loaded machine)."""
+    series = 'nereid_llm_num_requests_waiting{model="one_seq",version="1"}'
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for line in httpx.get(metrics_url).text.splitlines():
+            if line.startswith(series) and float(line.split()[-1]) >= count:
+                return
+        time.sleep(0.02)
+    raise AssertionError(f"the engine never had {count} waiting requests")
+
+
 def test_priority_orders_waiting_requests_lower_first(repo, start_server, tiny_llama, llm_config):
     repo.config("one_seq", llm_config(str(tiny_llama), max_num_seqs=1))
     running = start_server(repo.root)
@@ -88,10 +100,10 @@ def test_priority_orders_waiting_requests_lower_first(repo, start_server, tiny_l
         next(lines)  # the only slot is taken
         late = threading.Thread(target=run, args=("late", 3, 5))
         late.start()
-        time.sleep(0.2)
+        _wait_for_waiting(running.metrics_url, 1)
         urgent = threading.Thread(target=run, args=("urgent", 3, 0))
         urgent.start()
-        time.sleep(0.2)
+        _wait_for_waiting(running.metrics_url, 2)  # both queued behind the busy stream, in arrival order
         for _ in lines:
             pass
     late.join(30)
