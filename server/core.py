@@ -135,7 +135,10 @@ class InferenceCore:
     def server_metadata(self) -> ServerMetadata:
         extensions: tuple[str, ...] = EXTENSIONS
         if self.shared_memory.enabled:
-            extensions = tuple(sorted((*EXTENSIONS, "system_shared_memory")))
+            shm = ("system_shared_memory",)
+            if self.shared_memory.cuda_driver() is not None:
+                shm += ("cuda_shared_memory",)
+            extensions = tuple(sorted((*EXTENSIONS, *shm)))
         return ServerMetadata(SERVER_NAME, SERVER_VERSION, extensions)
 
     def model_ready(self, name: str, version: str = "") -> bool:

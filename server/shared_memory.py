@@ -16,6 +16,10 @@ Triton has had CVEs here, so:
   object's size is checked first: a client that truncates it gets an error, not a server killed
   by SIGBUS;
 * unregistering a region that a request is using closes its descriptor when the request is done.
+
+CUDA shared memory (a client's device allocation, registered by its 64-byte IPC handle) lives in
+the same registry and name space, opened through :mod:`nereid.server.cuda_memory` when a GPU is
+usable; every window is checked against the registered byte_size in the same place.
 """
 
 from __future__ import annotations
@@ -27,11 +31,14 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nereid.server.datatypes import tensor_to_raw
 from nereid.server.errors import AlreadyExists, InvalidArgument, NotFound, ResourceExhausted, Unsupported
 from nereid.server.types import Tensor
+
+if TYPE_CHECKING:
+    from nereid.server.cuda_memory import DeviceRegion, Driver
 
 SHM_ROOT = Path("/dev/shm")
 REGION, OFFSET, BYTE_SIZE = "shared_memory_region", "shared_memory_offset", "shared_memory_byte_size"
@@ -55,6 +62,15 @@ class RegionStatus:
 
 
 @dataclass(frozen=True, slots=True)
+class CudaRegionStatus:
+    """One registered CUDA region, as the CUDA status APIs list it."""
+
+    name: str
+    device_id: int
+    byte_size: int
+
+
+@dataclass(frozen=True, slots=True)
 class Window:
     """Where one tensor lives: ``byte_size`` bytes at ``offset`` in region ``region``."""
 
@@ -64,20 +80,37 @@ class Window:
 
 
 class _Region:
-    """An open shm object; its descriptor closes once it is unregistered and no request uses it."""
+    """An open shm object (``fd``) or device allocation (``device``); closed once it is
+    unregistered and no request uses it."""
 
-    __slots__ = ("closed", "fd", "status", "users")
+    __slots__ = ("closed", "device", "fd", "status", "users")
 
-    def __init__(self, status: RegionStatus, fd: int) -> None:
-        self.status, self.fd, self.users, self.closed = status, fd, 0, False
+    def __init__(
+        self, status: RegionStatus | CudaRegionStatus, fd: int = -1, device: DeviceRegion | None = None
+    ) -> None:
+        self.status, self.fd, self.device, self.users, self.closed = status, fd, device, 0, False
+
+    @property
+    def cuda(self) -> bool:
+        return self.device is not None
+
+    def release(self) -> None:
+        if self.device is not None:
+            self.device.close()
+        else:
+            os.close(self.fd)
 
 
 class SharedMemoryRegistry:
     """The registered system shared memory regions; thread-safe."""
 
-    def __init__(self, enabled: bool = False, root: Path = SHM_ROOT) -> None:
+    def __init__(
+        self, enabled: bool = False, root: Path = SHM_ROOT, cuda: Driver | bool | None = True
+    ) -> None:
+        """``cuda``: the driver to open CUDA regions with; True finds one lazily, None has none."""
         self.enabled = enabled
         self.root = root
+        self._cuda = cuda
         self._regions: dict[str, _Region] = {}
         self._lock = threading.Lock()
 
@@ -93,13 +126,7 @@ class SharedMemoryRegistry:
         path = self._path(name, key)
         offset = _size(offset, "offset", name)
         byte_size = _size(byte_size, "byte_size", name)
-        with self._lock:
-            if name in self._regions:
-                raise AlreadyExists(f"shared memory region '{name}' already in manager")
-            if len(self._regions) >= MAX_REGIONS:
-                raise ResourceExhausted(
-                    f"cannot register shared memory region '{name}': {MAX_REGIONS} regions are registered"
-                )
+        self._reserve(name)
         try:
             fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError:
@@ -124,58 +151,117 @@ class SharedMemoryRegistry:
     def unregister(self, name: str = "") -> None:
         """Unregister ``name`` (no error when unknown, as Triton), or every region when ``name`` is ""."""
         self.check_enabled()
+        self._unregister(name, cuda=False)
+
+    def _unregister(self, name: str, cuda: bool) -> None:
         with self._lock:
             names = [name] if name else list(self._regions)
             for each in names:
-                region = self._regions.pop(each, None)
-                if region is not None:
+                region = self._regions.get(each)
+                if region is not None and region.cuda == cuda:
+                    del self._regions[each]
                     region.closed = True
                     if region.users == 0:
-                        os.close(region.fd)
+                        region.release()
 
     def status(self, name: str = "") -> list[RegionStatus]:
         """Every region, or the one named (NOT_FOUND when it is not registered)."""
         self.check_enabled()
         with self._lock:
             if not name:
-                return [r.status for r in self._regions.values()]
+                return [r.status for r in self._regions.values() if isinstance(r.status, RegionStatus)]
             region = self._regions.get(name)
         if region is None:
             raise NotFound(f"Unable to find system shared memory region: '{name}'")
+        if not isinstance(region.status, RegionStatus):
+            raise NotFound(
+                f"The region named '{name}' is registered as CUDA shared memory, not system shared memory"
+            )
         return [region.status]
 
-    # CUDA shared memory needs CUDA IPC, which this server does not open: nothing is ever
-    # registered as CUDA, and registering answers as a Triton built without GPU support does.
+    # CUDA regions: without a usable GPU nothing is ever registered as CUDA, and registering
+    # answers as a Triton built without GPU support does.
 
-    def cuda_status(self, name: str = "") -> list[RegionStatus]:
+    def cuda_driver(self) -> Driver | None:
+        """The CUDA driver when a GPU is usable (looked up on first use), else None."""
+        if self._cuda is True:
+            from nereid.server.cuda_memory import driver
+
+            self._cuda = driver()
+        return None if isinstance(self._cuda, bool) else self._cuda
+
+    def cuda_status(self, name: str = "") -> list[CudaRegionStatus]:
+        """Every CUDA region, or the one named (NOT_FOUND when it is not a registered CUDA region)."""
         self.check_enabled()
-        if not name:
-            return []
         with self._lock:
-            system = name in self._regions
-        if system:
+            if not name:
+                return [r.status for r in self._regions.values() if isinstance(r.status, CudaRegionStatus)]
+            region = self._regions.get(name)
+        if region is not None and isinstance(region.status, CudaRegionStatus):
+            return [region.status]
+        if region is not None:
             raise NotFound(
                 f"The region named '{name}' is registered as system shared memory, not CUDA shared memory"
             )
         raise NotFound(f"Unable to find cuda shared memory region: '{name}'")
 
-    def cuda_register(self, name: str) -> None:
+    def cuda_precheck(self, name: str) -> Driver:
+        """The answers a register gets before its fields are read: disabled, no name, no GPU."""
         self.check_enabled()
         if not name:
             raise InvalidArgument("'region name' is necessary to register cuda shared memory region")
-        raise InvalidArgument(f"failed to register CUDA shared memory region: '{name}', GPUs not supported")
+        cuda = self.cuda_driver()
+        if cuda is None:
+            raise InvalidArgument(
+                f"failed to register CUDA shared memory region: '{name}', GPUs not supported"
+            )
+        return cuda
+
+    def cuda_register(self, name: str, raw_handle: bytes, device_id: int, byte_size: int) -> None:
+        """Open the client's IPC handle on ``device_id`` and register its ``byte_size`` bytes as ``name``."""
+        from nereid.server.cuda_memory import decode_handle
+
+        cuda = self.cuda_precheck(name)
+        handle = decode_handle(raw_handle, name)
+        device_id = _size(device_id, "device_id", name)
+        byte_size = _size(byte_size, "byte_size", name)
+        if byte_size == 0:
+            raise InvalidArgument(f"failed to register CUDA shared memory region '{name}': byte_size is 0")
+        self._reserve(name)
+        device = cuda.open(name, handle, device_id, byte_size)
+        try:
+            with self._lock:
+                if name in self._regions:
+                    raise AlreadyExists(f"shared memory region '{name}' already in manager")
+                self._regions[name] = _Region(CudaRegionStatus(name, device_id, byte_size), device=device)
+        except BaseException:
+            device.close()
+            raise
 
     def cuda_unregister(self, name: str = "") -> None:
+        """Unregister CUDA region ``name`` (no error when unknown), or every CUDA region."""
         self.check_enabled()
+        self._unregister(name, cuda=True)
+
+    def _reserve(self, name: str) -> None:
+        """Raise when ``name`` is taken (by either kind) or the registry is full."""
+        with self._lock:
+            if name in self._regions:
+                raise AlreadyExists(f"shared memory region '{name}' already in manager")
+            if len(self._regions) >= MAX_REGIONS:
+                raise ResourceExhausted(
+                    f"cannot register shared memory region '{name}': {MAX_REGIONS} regions are registered"
+                )
 
     def close(self) -> None:
         """Unregister everything (at shutdown)."""
         if self.enabled:
-            self.unregister()
+            self._unregister("", cuda=False)
+            self._unregister("", cuda=True)
 
     @contextmanager
-    def _use(self, window: Window) -> Iterator[tuple[int, int]]:
-        """(descriptor, absolute file offset) of ``window``, checked; the region stays open meanwhile."""
+    def _use(self, window: Window) -> Iterator[tuple[_Region, int]]:
+        """(region, absolute file offset) of ``window``, checked; the region stays open meanwhile."""
         with self._lock:
             region = self._regions.get(window.region)
             if region is None:
@@ -189,18 +275,21 @@ class SharedMemoryRegistry:
                 )
             region.users += 1
         try:
+            if isinstance(region.status, CudaRegionStatus):
+                yield region, window.offset
+                return
             start = region.status.offset + window.offset
             if os.fstat(region.fd).st_size < start + window.byte_size:
                 raise InvalidArgument(
                     f"shared memory region '{window.region}': object '{region.status.key}' was truncated "
                     "below the registered size"
                 )
-            yield region.fd, start
+            yield region, start
         finally:
             with self._lock:
                 region.users -= 1
                 if region.closed and region.users == 0:
-                    os.close(region.fd)
+                    region.release()
 
     def check(self, window: Window) -> None:
         """Raise unless ``window`` fits its region (and the region's object still holds it)."""
@@ -209,7 +298,10 @@ class SharedMemoryRegistry:
 
     def read(self, window: Window) -> memoryview:
         """A copy of the window's bytes (read straight into one buffer)."""
-        with self._use(window) as (fd, start):
+        with self._use(window) as (region, start):
+            if region.device is not None:
+                return region.device.read(start, window.byte_size)
+            fd = region.fd
             data = bytearray(window.byte_size)  # only once the window is known to fit
             view, done = memoryview(data), 0
             while done < len(data):
@@ -223,8 +315,11 @@ class SharedMemoryRegistry:
 
     def write(self, window: Window, data: bytes | memoryview) -> None:
         """Write ``data`` (at most the window's size) at the window's start."""
-        with self._use(window) as (fd, start):
-            view = memoryview(data)
+        with self._use(window) as (region, start):
+            if region.device is not None:
+                region.device.write(start, data)
+                return
+            fd, view = region.fd, memoryview(data)
             while view:
                 written = os.pwrite(fd, view, start)
                 if written <= 0:
@@ -342,6 +437,7 @@ def place_output(
 __all__ = [
     "DISABLED",
     "SHM_PARAMETERS",
+    "CudaRegionStatus",
     "RegionStatus",
     "SharedMemoryRegistry",
     "Window",

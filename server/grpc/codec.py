@@ -29,6 +29,7 @@ from nereid.server.errors import InvalidArgument
 from nereid.server.parameters import wire_parameters
 from nereid.server.shared_memory import REGION as _SHARED_MEMORY
 from nereid.server.shared_memory import (
+    CudaRegionStatus,
     RegionStatus,
     SharedMemoryRegistry,
     output_window,
@@ -278,6 +279,16 @@ def encode_shm_status(regions: list[RegionStatus]) -> pb.SystemSharedMemoryStatu
     for r in regions:
         msg.regions[r.name].CopyFrom(
             msg.RegionStatus(name=r.name, key=r.key, offset=r.offset, byte_size=r.byte_size)
+        )
+    return msg
+
+
+def encode_cuda_shm_status(regions: list[CudaRegionStatus]) -> pb.CudaSharedMemoryStatusResponse:
+    """The CUDA shared memory status: each region under its name."""
+    msg = pb.CudaSharedMemoryStatusResponse()
+    for r in regions:
+        msg.regions[r.name].CopyFrom(
+            msg.RegionStatus(name=r.name, device_id=r.device_id, byte_size=r.byte_size)
         )
     return msg
 

@@ -200,14 +200,15 @@ class InferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
     async def CudaSharedMemoryStatus(
         self, request: pb.CudaSharedMemoryStatusRequest, context: Context
     ) -> pb.CudaSharedMemoryStatusResponse:
-        self.core.shared_memory.cuda_status(request.name)  # no CUDA region is ever registered
-        return pb.CudaSharedMemoryStatusResponse()
+        return codec.encode_cuda_shm_status(self.core.shared_memory.cuda_status(request.name))
 
     @_unary
     async def CudaSharedMemoryRegister(
         self, request: pb.CudaSharedMemoryRegisterRequest, context: Context
     ) -> pb.CudaSharedMemoryRegisterResponse:
-        self.core.shared_memory.cuda_register(request.name)
+        self.core.shared_memory.cuda_register(
+            request.name, request.raw_handle, request.device_id, request.byte_size
+        )
         return pb.CudaSharedMemoryRegisterResponse()
 
     @_unary

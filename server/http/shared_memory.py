@@ -7,6 +7,8 @@ unregisters every one. Success is 200 with an empty body, as in Triton.
 
 from __future__ import annotations
 
+import base64
+import binascii
 from typing import Any
 
 from nereid.server.errors import InvalidArgument
@@ -30,7 +32,13 @@ async def shared_memory_route(
             allow(request.method, "POST")
             body = await request.json()
             if cuda:
-                registry.cuda_register(name)
+                registry.cuda_precheck(name)  # disabled / no GPU answer before the body is read
+                registry.cuda_register(
+                    name,
+                    _raw_handle(body),
+                    _field(body, "device_id", int, 0),
+                    _field(body, "byte_size", int),
+                )
             else:
                 registry.register(
                     name,
@@ -48,6 +56,9 @@ async def shared_memory_route(
             raise HttpError(404, "Not Found")
 
 
+_KINDS = {str: "a string", dict: "an object", int: "an integer"}
+
+
 def _field(body: Any, key: str, kind: type, default: Any = None) -> Any:
     """A register request's field (absent: ``default``, or an error when it has none)."""
     if not isinstance(body, dict):
@@ -58,7 +69,17 @@ def _field(body: Any, key: str, kind: type, default: Any = None) -> Any:
         return default
     value = body[key]
     if isinstance(value, bool) or not isinstance(value, kind):
-        raise InvalidArgument(
-            f"Unable to parse '{key}': expected {'a string' if kind is str else 'an integer'}"
-        )
+        raise InvalidArgument(f"Unable to parse '{key}': expected {_KINDS.get(kind, 'an integer')}")
     return value
+
+
+def _raw_handle(body: Any) -> bytes:
+    """The CUDA IPC handle of a register request: ``{"raw_handle": {"b64": "<base64>"}}``."""
+    wrapper = _field(body, "raw_handle", dict)
+    encoded = wrapper.get("b64")
+    if not isinstance(encoded, str):
+        raise InvalidArgument('Unable to parse \'raw_handle\': expected {"b64": "<base64 string>"}')
+    try:
+        return base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidArgument("Unable to parse 'raw_handle': 'b64' is not valid base64") from None
