@@ -135,7 +135,7 @@ class InferenceCore:
     def server_metadata(self) -> ServerMetadata:
         extensions: tuple[str, ...] = EXTENSIONS
         if self.shared_memory.enabled:
-            shm = ("system_shared_memory",)
+            shm: tuple[str, ...] = ("system_shared_memory",)
             if self.shared_memory.cuda_driver() is not None:
                 shm += ("cuda_shared_memory",)
             extensions = tuple(sorted((*EXTENSIONS, *shm)))
