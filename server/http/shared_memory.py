@@ -36,7 +36,7 @@ async def shared_memory_route(
                 registry.cuda_register(
                     name,
                     _raw_handle(body),
-                    _field(body, "device_id", int, 0),
+                    _field(body, "device_id", int),
                     _field(body, "byte_size", int),
                 )
             else:
