@@ -54,6 +54,11 @@ class _IpcHandle(ctypes.Structure):
     _fields_ = [("reserved", ctypes.c_char * HANDLE_SIZE)]
 
 
+def ipc_handle(handle: bytes) -> _IpcHandle:
+    """The ``CUipcMemHandle`` struct (passed by value) holding the 64 bytes of ``handle``."""
+    return _IpcHandle.from_buffer_copy(decode_handle(handle, ""))
+
+
 class CudaError(InvalidArgument):
     """A driver call failed; the message carries cuGetErrorString's text."""
 
@@ -112,8 +117,7 @@ class _CudaRegion:
         self.pointer = ctypes.c_uint64()
         try:
             self._current()
-            ipc = _IpcHandle()
-            ctypes.memmove(ipc.reserved, handle, HANDLE_SIZE)
+            ipc = ipc_handle(handle)
             cuda.check(
                 cuda.cuIpcOpenMemHandle(  # type: ignore[attr-defined]
                     ctypes.byref(self.pointer), ipc, CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS

@@ -182,6 +182,13 @@ def test_decode_handle() -> None:
         cuda_memory.decode_handle(HANDLE + b"x", "r")
 
 
+def test_ipc_handle_struct_carries_the_bytes() -> None:
+    import ctypes
+
+    ipc = cuda_memory.ipc_handle(HANDLE)
+    assert ctypes.sizeof(ipc) == 64 and bytes(memoryview(ipc)) == HANDLE
+
+
 def test_http_raw_handle_field() -> None:
     encoded = base64.b64encode(HANDLE).decode()
     assert _raw_handle({"raw_handle": {"b64": encoded}}) == HANDLE
