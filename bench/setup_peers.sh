@@ -27,7 +27,11 @@ if [ ! -x "$PEERS/llama-build/bin/llama-server" ]; then
   "$PY" -m pip download --no-binary llama-cpp-python --no-deps "llama-cpp-python==$LLAMA_CPP_PYTHON" -d "$PEERS/sdist"
   tar -xzf "$PEERS"/sdist/llama_cpp_python-"$LLAMA_CPP_PYTHON".tar.gz -C "$PEERS"
   SRC="$PEERS/llama_cpp_python-$LLAMA_CPP_PYTHON/vendor/llama.cpp"
-  nice -n 19 cmake -S "$SRC" -B "$PEERS/llama-build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON \
+  # Not -DGGML_NATIVE=ON: on this VM the native build uses AMX tiles, which the kernel does not grant, and
+  # llama-server dies of SIGILL at start; AVX-512 (VNNI, BF16) without AMX runs.
+  nice -n 19 cmake -S "$SRC" -B "$PEERS/llama-build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=OFF \
+    -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON \
+    -DGGML_AVX512_BF16=ON -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF \
     -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON
   nice -n 19 cmake --build "$PEERS/llama-build" --target llama-server -j "$JOBS"
 fi
@@ -54,6 +58,8 @@ for text in dist.requires or []:
 PYEOF
   printf '%s\n' "$TORCH" > "$PEERS/torch-constraint.txt"
   "$VENV/bin/pip" install -q -r "$PEERS/vllm-requirements.txt" -c "$PEERS/torch-constraint.txt"
+  # torchcodec's CPU wheel still links libnvrtc (vllm dies importing it); vllm does not need it to serve text.
+  "$VENV/bin/pip" uninstall -y -q torchcodec || true
 fi
 "$VENV/bin/python" -c "import torch, vllm; print('vllm', vllm.__version__, 'torch', torch.__version__)"
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 
 
@@ -13,9 +12,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if args else 2
     command, rest = args[0], args[1:]
     if command == "serve":
-        # Before torch loads (OpenMP reads it once): idle OpenMP threads sleep instead of spinning, so
-        # they do not take the cores the event loop and other instances need (bench/RESULTS.md, issue 17).
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         from nereid.server.serve import run
 
         return run(rest)
