@@ -122,7 +122,8 @@ async def nereid_level(
     traces: list[Trace | None] = [None] * len(requests)
     queue = deque(enumerate(requests))
     clock = time.perf_counter
-    connector = aiohttp.TCPConnector(limit=concurrency + 1)
+    # A server that closes a kept-alive connection after a stream (llama-server) gets a fresh one per request.
+    connector = aiohttp.TCPConnector(limit=concurrency + 1, force_close=getattr(server, "force_close", False))
     timeout = aiohttp.ClientTimeout(total=None, sock_read=600)
     live = getattr(server, "metrics_url", None) is not None
     extra_body = getattr(server, "extra_body", {})

@@ -85,6 +85,7 @@ class Peer(ServerProcess):
 class LlamaCpp(Peer):
     name = "llamacpp"
     extra_body = {"logprobs": None}  # llama-server's completions take no integer logprobs with stream
+    force_close = True  # it closes a kept-alive connection after a stream; reusing it fails the next request
 
     def __init__(self, slots: int, context: int, threads: int | None) -> None:
         port = free_port()
