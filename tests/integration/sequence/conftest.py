@@ -4,6 +4,7 @@
   (``sequence_batching { state [...] }``); it echoes its START and CORRID control inputs.
 * ``py_acc``: a Python accumulator on implicit state that reports what ``pb_utils`` shows it
   (``correlation_id()``, ``flags()``).
+* ``torch_acc``: a TorchScript accumulator on implicit state (PyTorch's ``<name>__<index>`` outputs).
 * ``bench_acc``: ``bench/models/accumulator`` as shipped (state in the model, keyed by correlation
   id), the model the benchmark runs against Triton.
 """
@@ -132,6 +133,36 @@ sequence_batching {
 """
 
 
+TORCH_ACC_CONFIG = """
+backend: "pytorch"
+max_batch_size: 4
+input [ { name: "INPUT" data_type: TYPE_FP32 dims: [ 1 ] } ]
+output [ { name: "OUTPUT__0" data_type: TYPE_FP32 dims: [ 1 ] } ]
+instance_group [ { count: 2 kind: KIND_CPU } ]
+sequence_batching {
+  direct { }
+  state [ { input_name: "ACC_IN" output_name: "ACC_OUT__1" data_type: TYPE_FP32 dims: [ 1 ] } ]
+}
+"""
+
+
+def torch_accumulator(root: Path, name: str) -> None:
+    """forward(INPUT, ACC_IN) -> (total, total): the state input follows the config's inputs by name."""
+    try:
+        import torch
+    except ImportError:
+        return  # the PyTorch test skips itself
+
+    class Accumulator(torch.nn.Module):
+        def forward(self, INPUT: torch.Tensor, ACC_IN: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            total = ACC_IN + INPUT
+            return total, total
+
+    (root / name / "1").mkdir(parents=True, exist_ok=True)
+    torch.jit.script(Accumulator()).save(str(root / name / "1" / "model.pt"))
+    (root / name / "config.pbtxt").write_text(TORCH_ACC_CONFIG)
+
+
 def python_model(root: Path, name: str, config: str, source: str) -> None:
     (root / name / "1").mkdir(parents=True, exist_ok=True)
     (root / name / "config.pbtxt").write_text(textwrap.dedent(config))
@@ -158,6 +189,7 @@ def sequence_server(module_repo, start_module_server):
     with (root / "onnx_warm" / "config.pbtxt").open("a") as config:
         config.write(WARMUP)
     python_model(root, "py_acc", PY_ACC_CONFIG, PY_ACC_MODEL)
+    torch_accumulator(root, "torch_acc")
     shutil.copytree(BENCH_MODEL, root / "bench_acc")
     (root / "bench_acc" / "config.pbtxt").write_text(
         (BENCH_MODEL / "config.pbtxt").read_text().replace('name: "accumulator"', 'name: "bench_acc"')
