@@ -24,6 +24,12 @@ def test_onnx_implicit_state_accumulates_per_sequence(client: Client) -> None:
     assert a[0].as_numpy("ACC_OUT") is None  # state outputs the config does not list stay inside
 
 
+def test_initial_state_from_a_data_file_on_every_start(client: Client) -> None:
+    assert client.total("onnx_init", 1, sequence_id=401, sequence_start=True) == 101
+    assert client.total("onnx_init", 2, sequence_id=401, sequence_end=True) == 103
+    assert client.total("onnx_init", 5, sequence_id=401, sequence_start=True, sequence_end=True) == 105
+
+
 def test_a_sequence_can_start_again_after_its_end(client: Client) -> None:
     assert client.total("onnx_acc", 5, sequence_id=7, sequence_start=True, sequence_end=True) == 5
     assert client.total("onnx_acc", 1, sequence_id=7, sequence_start=True) == 1
