@@ -110,9 +110,9 @@ def test_a_missing_initial_state_file_fails_the_load(tmp_path, start_server, pro
     )
     onnx_accumulator(tmp_path, "fine", "direct { }")
     client.load_model("fine")  # the server keeps loading and serving
-    assert (
-        Client(running, protocol).total("fine", 3, sequence_id=1, sequence_start=True, sequence_end=True) == 3
-    )
+    fine = Client(running, protocol)
+    assert fine.total("fine", 3, sequence_id=1, sequence_start=True, sequence_end=True) == 3
+    fine.close()
     client.close()
 
 
