@@ -326,9 +326,10 @@ class ModelRepository:
                 await model.unload()
         if failures and not loaded:
             first = next(iter(failures.values()))
-            # A config only a loaded version can check (sequence batching, rate limiter) is the
-            # client's to fix, as the config errors found before loading are.
-            kind = InvalidArgument if isinstance(first, ConfigError) else Unavailable
+            # A config only a loaded version can check (sequence batching, rate limiter) and a
+            # warmup sample (a missing or short file) are the client's to fix, as the config errors
+            # found before loading are: Triton answers INVALID_ARG ("load failed for model ...").
+            kind = InvalidArgument if isinstance(first, InvalidArgument) else Unavailable
             raise kind(f"failed to load '{entry.name}': {_reason(first)}")
 
     def scrub(self, message: str) -> str:

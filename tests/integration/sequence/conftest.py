@@ -4,6 +4,8 @@
   (``sequence_batching { state [...] }``); it echoes its START and CORRID control inputs.
 * ``py_acc``: a Python accumulator on implicit state that reports what ``pb_utils`` shows it
   (``correlation_id()``, ``flags()``).
+* ``onnx_init``: ``onnx_acc`` whose state starts from ``initial_state { data_file }`` (100).
+* ``torch_acc``: a TorchScript accumulator on implicit state (PyTorch's ``<name>__<index>`` outputs).
 * ``bench_acc``: ``bench/models/accumulator`` as shipped (state in the model, keyed by correlation
   id), the model the benchmark runs against Triton.
 """
@@ -132,6 +134,47 @@ sequence_batching {
 """
 
 
+def with_initial_state(root: Path, name: str, data_file: str, value: float | None) -> None:
+    """Give ``name``'s state an ``initial_state`` read from ``<model>/initial_state/<data_file>``."""
+    state = 'output_name: "ACC_OUT" data_type: TYPE_FP32 dims: [ 1 ]'
+    initial = f'initial_state: {{ name: "init" data_type: TYPE_FP32 dims: [ 1 ] data_file: "{data_file}" }}'
+    config = root / name / "config.pbtxt"
+    config.write_text(config.read_text().replace(state, f"{state} {initial}"))
+    if value is not None:
+        (root / name / "initial_state").mkdir(exist_ok=True)
+        np.array([value], "<f4").tofile(root / name / "initial_state" / data_file)
+
+
+TORCH_ACC_CONFIG = """
+backend: "pytorch"
+max_batch_size: 4
+input [ { name: "INPUT" data_type: TYPE_FP32 dims: [ 1 ] } ]
+output [ { name: "OUTPUT__0" data_type: TYPE_FP32 dims: [ 1 ] } ]
+instance_group [ { count: 2 kind: KIND_CPU } ]
+sequence_batching {
+  direct { }
+  state [ { input_name: "ACC_IN" output_name: "ACC_OUT__1" data_type: TYPE_FP32 dims: [ 1 ] } ]
+}
+"""
+
+
+def torch_accumulator(root: Path, name: str) -> None:
+    """forward(INPUT, ACC_IN) -> (total, total): the state input follows the config's inputs by name."""
+    try:
+        import torch
+    except ImportError:
+        return  # the PyTorch test skips itself
+
+    class Accumulator(torch.nn.Module):
+        def forward(self, INPUT: torch.Tensor, ACC_IN: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            total = ACC_IN + INPUT
+            return total, total
+
+    (root / name / "1").mkdir(parents=True, exist_ok=True)
+    torch.jit.script(Accumulator()).save(str(root / name / "1" / "model.pt"))
+    (root / name / "config.pbtxt").write_text(TORCH_ACC_CONFIG)
+
+
 def python_model(root: Path, name: str, config: str, source: str) -> None:
     (root / name / "1").mkdir(parents=True, exist_ok=True)
     (root / name / "config.pbtxt").write_text(textwrap.dedent(config))
@@ -158,6 +201,9 @@ def sequence_server(module_repo, start_module_server):
     with (root / "onnx_warm" / "config.pbtxt").open("a") as config:
         config.write(WARMUP)
     python_model(root, "py_acc", PY_ACC_CONFIG, PY_ACC_MODEL)
+    torch_accumulator(root, "torch_acc")
+    onnx_accumulator(root, "onnx_init", "direct { }")
+    with_initial_state(root, "onnx_init", "init.bin", 100.0)
     shutil.copytree(BENCH_MODEL, root / "bench_acc")
     (root / "bench_acc" / "config.pbtxt").write_text(
         (BENCH_MODEL / "config.pbtxt").read_text().replace('name: "accumulator"', 'name: "bench_acc"')

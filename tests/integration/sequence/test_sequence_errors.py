@@ -6,8 +6,11 @@ import threading
 import time
 
 import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
 
-from .conftest import Client
+from .conftest import Client, onnx_accumulator, with_initial_state
 
 INVALID = {"http": "400", "grpc": "INVALID_ARGUMENT"}
 UNAVAILABLE = {"http": "503", "grpc": "UNAVAILABLE"}
@@ -86,6 +89,31 @@ def test_a_string_id_for_an_integer_corrid_input(client: Client) -> None:
     assert status == INVALID[client.protocol]
     assert "CONTROL_SEQUENCE_CORRID input 'CORRID' is UINT64" in message
     assert_still_serving(client, 9003)
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_a_missing_initial_state_file_fails_the_load(tmp_path, start_server, protocol: str) -> None:
+    onnx_accumulator(tmp_path, "no_init", "direct { }")
+    with_initial_state(tmp_path, "no_init", "nope.bin", None)
+    running = start_server(tmp_path, model_control_mode="explicit")
+    module = httpclient if protocol == "http" else grpcclient
+    client = module.InferenceServerClient(running.http_url if protocol == "http" else running.grpc_url)
+    try:
+        client.load_model("no_init")
+    except InferenceServerException as exc:
+        status, message = str(exc.status()).removeprefix("StatusCode."), exc.message()
+    else:
+        raise AssertionError("the load did not fail")
+    assert status == INVALID[protocol]
+    assert (
+        "sequence_batching.state[0].initial_state" in message and "no_init/initial_state/nope.bin" in message
+    )
+    onnx_accumulator(tmp_path, "fine", "direct { }")
+    client.load_model("fine")  # the server keeps loading and serving
+    fine = Client(running, protocol)
+    assert fine.total("fine", 3, sequence_id=1, sequence_start=True, sequence_end=True) == 3
+    fine.close()
+    client.close()
 
 
 def _send_async(client: Client, model: str, sid: int) -> tuple[threading.Thread, list[float]]:

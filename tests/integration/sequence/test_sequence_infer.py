@@ -5,6 +5,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+import pytest
 
 from .conftest import Client
 
@@ -23,6 +24,12 @@ def test_onnx_implicit_state_accumulates_per_sequence(client: Client) -> None:
     assert a[0].as_numpy("ACC_OUT") is None  # state outputs the config does not list stay inside
 
 
+def test_initial_state_from_a_data_file_on_every_start(client: Client) -> None:
+    assert client.total("onnx_init", 1, sequence_id=401, sequence_start=True) == 101
+    assert client.total("onnx_init", 2, sequence_id=401, sequence_end=True) == 103
+    assert client.total("onnx_init", 5, sequence_id=401, sequence_start=True, sequence_end=True) == 105
+
+
 def test_a_sequence_can_start_again_after_its_end(client: Client) -> None:
     assert client.total("onnx_acc", 5, sequence_id=7, sequence_start=True, sequence_end=True) == 5
     assert client.total("onnx_acc", 1, sequence_id=7, sequence_start=True) == 1
@@ -36,6 +43,18 @@ def test_python_backend_sees_correlation_id_flags_and_state(client: Client) -> N
     assert [float(r.as_numpy("OUTPUT")[0, 0]) for r in (first, middle, last)] == [2, 5, 9]
     assert [int(r.as_numpy("FLAGS")[0, 0]) for r in (first, middle, last)] == [1, 0, 2]  # START=1, END=2
     assert first.as_numpy("CID")[0, 0] == b"55"
+
+
+def test_pytorch_implicit_state_accumulates_per_sequence(client: Client) -> None:
+    pytest.importorskip("torch")
+    a, b = 301, 302
+    totals = [client.infer("torch_acc", 2, sequence_id=a, sequence_start=True)]
+    totals.append(client.infer("torch_acc", 100, sequence_id=b, sequence_start=True))
+    totals.append(client.infer("torch_acc", 3, sequence_id=a))
+    totals.append(client.infer("torch_acc", 4, sequence_id=a, sequence_end=True))
+    totals.append(client.infer("torch_acc", 1, sequence_id=b, sequence_end=True))
+    assert [float(r.as_numpy("OUTPUT__0")[0, 0]) for r in totals] == [2, 100, 5, 9, 101]
+    assert totals[0].as_numpy("ACC_OUT__1") is None  # the state output is not a config output
 
 
 def test_string_sequence_ids(client: Client) -> None:

@@ -110,12 +110,12 @@ def client_for(running, protocol: str):
     return grpcclient, grpcclient.InferenceServerClient(running.grpc_url)
 
 
-def load_error(client, name: str) -> str:
-    """The message of a load that must fail (read here: a kept traceback would hold the client)."""
+def load_error(client, name: str) -> tuple[str, str]:
+    """(status, message) of a load that must fail (read here: a kept traceback would hold the client)."""
     try:
         client.load_model(name)
     except InferenceServerException as exc:
-        return exc.message()
+        return str(exc.status()).removeprefix("StatusCode."), exc.message()
     raise AssertionError(f"loading '{name}' did not fail")
 
 
@@ -176,7 +176,9 @@ def test_a_failing_sample_fails_the_load(server, module_repo, protocol, case, sa
     name = f"bad_{case}_{protocol}"
     write_model(module_repo.root, name, server.http_url, samples)
     _, client = client_for(server, protocol)
-    message = load_error(client, name)
+    status, message = load_error(client, name)
+    # Triton answers a failed load with INVALID_ARG: the repository's to fix, not a 503 to retry.
+    assert status == {"http": "400", "grpc": "INVALID_ARGUMENT"}[protocol]
     for text in [f"model '{name}' version 1", *expected]:
         assert text in message
     assert not client.is_model_ready(name)
