@@ -237,7 +237,7 @@ class HttpFrontend:
         length = headers.get("content-length")
         if (
             length is None
-            or not length.isdigit()
+            or not (length.isascii() and length.isdigit())
             or int(length) > self.max_input_size
             or "transfer-encoding" in headers
             or "content-encoding" in headers
@@ -256,8 +256,8 @@ class HttpFrontend:
         """Answer a request :meth:`fast_target` accepted: status, body and headers, errors included."""
         name, version = target
         parts = ["v2", "models", name, *(("versions", version) if version else ()), "infer"]
-        request = Request.received(parts, headers, body, watch, self.max_input_size)
         try:
+            request = Request.received(parts, headers, body, watch, self.max_input_size)
             payload, reply_headers = await self.infer_reply(request, name, version)
             return 200, payload, reply_headers
         except (ServingError, HttpError) as exc:
