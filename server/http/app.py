@@ -18,10 +18,12 @@ from nereid.server.http.asgi import (
     Request,
     Scope,
     Send,
+    error_reply,
     respond,
     respond_error,
 )
 from nereid.server.http.asgi import allow as _allow
+from nereid.server.http.connection import DisconnectWatch
 from nereid.server.http.disconnect import cancel_on_disconnect
 from nereid.server.http.generate import generate
 from nereid.server.http.guard import HttpGuard
@@ -40,6 +42,7 @@ from nereid.server.settings import DEFAULT_MAX_INPUT_SIZE
 from nereid.server.validation import parse_ascii_int
 
 Handler = Callable[[Request, Send, list[str]], Awaitable[None]]
+Headers = list[tuple[bytes, bytes]]
 
 
 class HttpFrontend:
@@ -187,6 +190,11 @@ class HttpFrontend:
                 raise HttpError(404, "Not Found")
 
     async def infer(self, request: Request, send: Send, name: str, version: str) -> None:
+        payload, headers = await self.infer_reply(request, name, version)
+        await respond(send, 200, payload, headers)
+
+    async def infer_reply(self, request: Request, name: str, version: str) -> tuple[bytes, Headers]:
+        """Decode, infer, encode: the 200 response's body and headers (without Content-Length)."""
         trace = begin_trace(self.core, request, name)
         body = await request.body()
         header = request.headers.get("inference-header-content-length")
@@ -203,14 +211,59 @@ class HttpFrontend:
         payload, json_length = codec.encode_response(infer_request, response, shm)
         extra = echo_headers(request, infer_request) if infer_request.id or trace is not None else []
         if json_length is None:
-            await respond(send, 200, payload, [*JSON, *extra] if extra else None)
-            return
+            return payload, [*JSON, *extra] if extra else JSON
         headers = [
             (b"content-type", b"application/octet-stream"),
             (b"inference-header-content-length", str(json_length).encode()),
             *extra,
         ]
-        await respond(send, 200, payload, headers)
+        return payload, headers
+
+    # ---- the connection's own path for POST .../infer (server/http/fast.py) ----------------------
+
+    def fast_target(self, path: bytes, headers: dict[str, str]) -> tuple[str, str] | None:
+        """``(model, version)`` when the connection may answer this ``POST`` itself; None sends it
+        through the ASGI app (:meth:`direct_app` or ``__call__``), which answers everything else.
+
+        Only a plain infer call qualifies: nothing wraps requests (no guard, no access log), the
+        path has no escapes, and the body is a complete identity-encoded ``Content-Length`` body
+        within the limit (a chunked, compressed or oversized body takes the app's path, which reads,
+        inflates or refuses it).
+        """
+        if self.guard is not None or self.access_log:
+            return None
+        if not path.startswith(b"/v2/models/") or not path.endswith(b"/infer") or b"%" in path:
+            return None
+        length = headers.get("content-length")
+        if (
+            length is None
+            or not (length.isascii() and length.isdigit())
+            or int(length) > self.max_input_size
+            or "transfer-encoding" in headers
+            or "content-encoding" in headers
+        ):
+            return None
+        parts = path.decode("latin-1").split("/")  # ["", "v2", "models", name, ..., "infer"]
+        if len(parts) == 5:
+            return parts[3], ""
+        if len(parts) == 7 and parts[4] == "versions":
+            return parts[3], parts[5]
+        return None
+
+    async def fast_infer(
+        self, target: tuple[str, str], headers: dict[str, str], body: bytes, watch: DisconnectWatch
+    ) -> tuple[int, bytes, Headers]:
+        """Answer a request :meth:`fast_target` accepted: status, body and headers, errors included."""
+        name, version = target
+        parts = ["v2", "models", name, *(("versions", version) if version else ()), "infer"]
+        try:
+            request = Request.received(parts, headers, body, watch, self.max_input_size)
+            payload, reply_headers = await self.infer_reply(request, name, version)
+            return 200, payload, reply_headers
+        except (ServingError, HttpError) as exc:
+            return (*error_reply(exc), JSON)
+        except Exception as exc:  # never let one request take the server down
+            return (*error_reply(as_serving_error(exc)), JSON)
 
     async def repository_action(self, request: Request, send: Send, name: str, action: str) -> None:
         body = await request.json()

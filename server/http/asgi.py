@@ -53,6 +53,17 @@ class Request:
         self._receive = receive
         self._body: bytes | None = None
 
+    @classmethod
+    def received(
+        cls, parts: list[str], headers: dict[str, str], body: bytes, watch: DisconnectWatch, max_size: int
+    ) -> Request:
+        """A ``POST`` whose identity-encoded body the connection has already read (server/http/fast.py)."""
+        request = cls.__new__(cls)
+        request.method, request.parts, request.headers, request.query = "POST", parts, headers, b""
+        request.watch, request.max_size = watch, max_size
+        request._receive, request._body = _no_receive, body
+        return request
+
     async def body(self) -> bytes:
         if self._body is not None:
             return self._body
@@ -91,6 +102,10 @@ class Request:
         return codec.loads(body) if body.strip() else {}
 
 
+async def _no_receive() -> dict[str, Any]:
+    return {"type": "http.disconnect"}  # a received request's body is whole; nothing more comes
+
+
 def _decompress(body: bytes, encoding: str, limit: int) -> bytes:
     decoder = zlib.decompressobj(wbits=31 if encoding == "gzip" else 15)
     try:
@@ -117,9 +132,14 @@ async def respond(
     await send({"type": "http.response.body", "body": body})
 
 
-async def respond_error(send: Send, error: ServingError | HttpError) -> None:
+def error_reply(error: ServingError | HttpError) -> tuple[int, bytes]:
+    """The status and ``{"error": message}`` body that answer ``error``."""
     status = error.status if isinstance(error, HttpError) else HTTP_STATUS[error.code]
-    await respond(send, status, codec.dumps({"error": error.message}))
+    return status, codec.dumps({"error": error.message})
+
+
+async def respond_error(send: Send, error: ServingError | HttpError) -> None:
+    await respond(send, *error_reply(error))
 
 
 async def start_events(send: Send) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 import uvicorn
 
 from nereid.server.http.connection import ConnectionLimits, LimitedHttpProtocol, ListenerState
+from nereid.server.http.fast import FastHttpProtocol
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -62,10 +63,13 @@ class HttpListener:
         self.state = ListenerState(getattr(app, "direct_app", None))
         self.sock = bind(address, port)
         self.port = int(self.sock.getsockname()[1])
+        protocol = FastHttpProtocol.with_limits(ConnectionLimits(header_timeout=header_timeout), self.state)
+        # POST .../infer answered by the connection itself, when the app offers it (server/http/fast.py).
+        protocol.fast = app if hasattr(app, "fast_infer") else None  # type: ignore[attr-defined]
         config = uvicorn.Config(
             self.app,
             # httptools with header count, size and slow-header limits (server/http/connection.py).
-            http=LimitedHttpProtocol.with_limits(ConnectionLimits(header_timeout=header_timeout), self.state),
+            http=protocol,
             loop="none",
             lifespan="off",
             log_level="warning",
