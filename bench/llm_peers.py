@@ -133,7 +133,8 @@ _KEEP: list[Any] = []  # temporary repositories live as long as the run
 
 def start(system: str, levels: list[int], context: int, threads: int | None) -> Any:
     if system in NEREID_CONFIGS:
-        root, tmp = repository(NEREID_CONFIGS[system])
+        overrides = {**NEREID_CONFIGS[system], **({"num_threads": str(threads)} if threads else {})}
+        root, tmp = repository(overrides)
         _KEEP.append(tmp)
         return Server(root)
     missing = {"llamacpp": LLAMA_SERVER, "vllm": VLLM}[system]

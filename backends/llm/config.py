@@ -106,6 +106,9 @@ class EngineConfig:
     """Deepest nesting of objects and lists in a guided-decoding JSON schema."""
     speculative_config: SpeculativeConfig | None = None
     """Speculative decoding (None: off)."""
+    num_threads: int | None = None
+    """torch's intra-op (OpenMP) threads, set when the engine is built; None keeps torch's default (one per
+    core). Process-wide in torch: with several LLMs in one server the last one built sets it."""
 
     def __post_init__(self) -> None:
         if self.dtype != "auto" and self.dtype not in _DTYPES:
@@ -123,6 +126,8 @@ class EngineConfig:
             raise ValueError(
                 f"weights={self.weights} needs device cpu and dtype float32 (torch's CPU kernels)"
             )
+        if self.num_threads is not None and self.num_threads < 1:
+            raise ValueError(f"num_threads must be >= 1, got {self.num_threads}")
         if self.max_logprobs < 0:
             raise ValueError(f"max_logprobs must be >= 0, got {self.max_logprobs}")
         if self.kv_cache_bytes is not None and self.kv_cache_bytes <= 0:

@@ -30,6 +30,8 @@ class LLMEngine:
 
     def __init__(self, config: EngineConfig) -> None:
         self.config = config
+        if config.num_threads is not None:
+            torch.set_num_threads(config.num_threads)  # before loading: prepacking already runs kernels
         loaded = loader.load(config)
         self.checkpoint_config, self.tokenizer = loaded.config, loaded.tokenizer
         self.max_model_len = config.resolve_max_model_len(loaded.config.max_position_embeddings)

@@ -64,6 +64,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "weights": str.strip,
     "max_grammar_bytes": _size,
     "max_schema_depth": _int,
+    "num_threads": _int,
 }
 PATH_PARAMETERS = ("model", "tokenizer")
 SPECULATIVE = "speculative_config"

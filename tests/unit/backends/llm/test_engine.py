@@ -169,3 +169,18 @@ def test_priority_order_and_fcfs(make_engine, run):
     while engine.has_unfinished():
         finished += [o.request_id for o in engine.step() if o.finished]
     assert finished == ["high", "high2", "mid", "low"]
+
+
+def test_num_threads_sets_torchs_threads_and_keeps_the_answer(make_engine, run, collect_tokens):
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        default = greedy_tokens(make_engine, run, collect_tokens)
+        one = greedy_tokens(make_engine, run, collect_tokens, num_threads=1)
+        assert torch.get_num_threads() == 1
+        assert one == default
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(ValueError, match="num_threads must be >= 1"):
+        make_engine(num_threads=0)
