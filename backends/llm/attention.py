@@ -94,20 +94,22 @@ def paged_attention(
         start, end = meta.query_start_loc[i], meta.query_start_loc[i + 1]
         ql, ctx = end - start, meta.context_lens_cpu[i]
         if ql == ctx:
+            # 4-D inputs (a batch of one): torch's CPU flash kernel; 3-D ones take the math path, 3-9x
+            # slower on a 256-token chunk (bench/RESULTS.md, "Prefill attention").
             o = F.scaled_dot_product_attention(
-                q[start:end].transpose(0, 1),
-                k[start:end].transpose(0, 1),
-                v[start:end].transpose(0, 1),
+                q[None, start:end].transpose(1, 2),
+                k[None, start:end].transpose(1, 2),
+                v[None, start:end].transpose(1, 2),
                 is_causal=True,
                 enable_gqa=True,
             )
-            out[start:end] = o.transpose(0, 1)
+            out[start:end] = o[0].transpose(0, 1)
             continue
         kc, vc = _gather(kv_cache, meta.block_tables[i, : -(-ctx // bs)], ctx)
         # Query j sits at position ctx - ql + j and may see keys 0 .. ctx - ql + j (chunked prefill offset).
         qpos = torch.arange(ctx - ql, ctx, device=q.device)
         mask = torch.arange(ctx, device=q.device)[None, :] <= qpos[:, None]
         qs = q[start:end].view(ql, kvh, group, hd).permute(1, 2, 0, 3).reshape(kvh, group * ql, hd)
-        o = F.scaled_dot_product_attention(qs, kc, vc, attn_mask=mask.repeat(group, 1))
-        out[start:end] = o.view(kvh, group, ql, hd).permute(2, 0, 1, 3).reshape(ql, heads, hd)
+        o = F.scaled_dot_product_attention(qs[None], kc[None], vc[None], attn_mask=mask.repeat(group, 1))
+        out[start:end] = o[0].view(kvh, group, ql, hd).permute(2, 0, 1, 3).reshape(ql, heads, hd)
     return out
