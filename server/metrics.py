@@ -222,6 +222,34 @@ def _cumulative(counts: list[int]) -> list[tuple[str, float]]:
     return buckets
 
 
+class _Collected:
+    """Metric families already collected, in the shape ``generate_latest`` reads."""
+
+    def __init__(self, metrics: list[Metric]) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self.metrics)
+
+
+def exposition(*registries: CollectorRegistry) -> bytes:
+    """The Prometheus text of ``registries``, with counters described under their samples' own name.
+
+    prometheus-client writes every counter family's ``# HELP`` / ``# TYPE`` under ``<name>_total``.
+    Triton's counters (``nv_inference_request_success``, ``nv_cache_*``, ``pb_utils`` counters) are
+    sampled without the suffix, and a scraper that finds metadata for another name stores them untyped,
+    so families whose samples all carry the bare name get their metadata under that name too.
+    """
+    metrics = [metric for registry in registries for metric in registry.collect()]
+    text = generate_latest(_Collected(metrics))  # type: ignore[arg-type]
+    for metric in metrics:
+        if metric.type == "counter" and all(sample.name == metric.name for sample in metric.samples):
+            name = metric.name.encode()
+            for kind in (b"HELP", b"TYPE"):
+                text = text.replace(b"# %s %s_total " % (kind, name), b"# %s %s " % (kind, name), 1)
+    return text
+
+
 def build_registry(core: InferenceCore) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(CoreCollector(core))
@@ -245,7 +273,7 @@ class MetricsApp:
             # registry (the LLM engine's histograms and gauges, process metrics).
             status, body, ctype = (
                 200,
-                generate_latest(self.registry) + generate_latest(REGISTRY),
+                exposition(self.registry, REGISTRY),
                 CONTENT_TYPE,
             )
         await send({"type": "http.response.start", "status": status, "headers": [(b"content-type", ctype)]})  # type: ignore[operator]

@@ -7,6 +7,7 @@ import urllib.request
 import numpy as np
 import pytest
 import tritonclient.http as httpclient
+from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.utils import InferenceServerException
 
 
@@ -79,6 +80,14 @@ def test_metrics_use_triton_names(repo, start_server):
         "nv_inference_pending_request_count",
     ):
         assert f"{name}{{" in text
+    # Counters are typed under their samples' own name, as Triton writes them (a scraper that finds
+    # metadata for `..._total` instead stores Triton's counters untyped).
+    assert "# TYPE nv_inference_request_success counter\n" in text
+    assert "# TYPE nv_inference_count counter\n" in text
+    typed = [line.split()[2] for line in text.splitlines() if line.startswith("# TYPE nv_")]
+    assert "nv_cache_num_hits_per_model" in typed and not [n for n in typed if n.endswith("_total")]
+    families = {f.name: f.type for f in text_string_to_metric_families(text)}
+    assert families["nv_inference_request_success"] == "counter"
 
 
 def test_repository_index_and_broken_models_fail_alone(repo, start_server):
