@@ -100,6 +100,9 @@ class EngineConfig:
     """Seed of the generator used by requests without their own seed."""
     weights: str = "float"
     """float | int8 | int4: keep the weights quantised in memory (CPU, float32 compute; see `quant`)."""
+    compile: bool = False
+    """Run decode-only steps through `torch.compile` (Inductor, frozen weights; see `compiled_decode`): faster
+    single-stream decoding, not bit-exact, compiled at load (tens of seconds)."""
     max_grammar_bytes: int = 64 * 1024
     """Longest guided-decoding schema, regex or grammar (bytes of its text) a request may send."""
     max_schema_depth: int = 32
@@ -123,6 +126,8 @@ class EngineConfig:
             raise ValueError(
                 f"weights={self.weights} needs device cpu and dtype float32 (torch's CPU kernels)"
             )
+        if self.compile and self.weights != "float":
+            raise ValueError(f"compile needs weights float (got {self.weights!r})")
         if self.max_logprobs < 0:
             raise ValueError(f"max_logprobs must be >= 0, got {self.max_logprobs}")
         if self.kv_cache_bytes is not None and self.kv_cache_bytes <= 0:

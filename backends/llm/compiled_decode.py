@@ -1,0 +1,70 @@
+"""``compile: true``: the decode-only forward through ``torch.compile`` (Inductor's CPU C++ code, frozen weights).
+
+A decode step runs ~25 small kernels per layer; eager PyTorch pays Python and dispatch for each, which at one
+sequence is a third of a step. Compiling the whole decode forward fuses the elementwise work (RMSNorm, rotary,
+SiLU, residual adds) into a few C++ loops per layer and, with Inductor's freezing, reorders the projection
+weights into oneDNN's layout once (what `prepack` does by hand in eager mode). Paged attention stays one opaque
+op (`attention.paged_decode_attention`), so the graph never depends on context lengths.
+
+Only batches of decodes take the compiled path (prefill chunks and speculative verification run eagerly); the
+graph is specialised for one sequence and dynamic in the batch size above it, and both graphs are compiled
+at load (`warm_up`), so no request waits for the compiler. Output equals the eager model's up to the order
+of floating-point accumulation (not bit-exact). Measurements: bench/RESULTS.md ("Single-stream decode").
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import torch
+
+from nereid.backends.llm.attention import AttentionMetadata
+from nereid.backends.llm.models.llama import LlamaForCausalLM
+
+Forward = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, AttentionMetadata], torch.Tensor]
+
+
+class CompiledDecode:
+    """``model.forward`` for decode-only batches, compiled once; call it like the model."""
+
+    def __init__(self, model: LlamaForCausalLM) -> None:
+        self._compiled: Forward = torch.compile(model.forward, options={"freezing": True})
+        self.compile_seconds = 0.0
+
+    def __call__(
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        kv_cache: torch.Tensor,
+        meta: AttentionMetadata,
+    ) -> torch.Tensor:
+        tables = meta.block_tables
+        if tables.shape[1] < 2:  # one graph for every table width (a width of 1 would be specialised)
+            meta.block_tables = torch.nn.functional.pad(tables, (0, 2 - tables.shape[1]))
+        for tensor in (input_ids, positions, meta.slot_mapping, meta.block_tables, meta.context_lens):
+            torch._dynamo.maybe_mark_dynamic(tensor, 0)
+        torch._dynamo.maybe_mark_dynamic(meta.block_tables, 1)
+        return self._compiled(input_ids, positions, kv_cache, meta)
+
+    @torch.inference_mode()
+    def warm_up(self, kv_cache: torch.Tensor, block_size: int, batch_sizes: tuple[int, ...] = (1, 2)) -> None:
+        """Compile the graphs for `batch_sizes` now (one sequence, and the dynamic batch) on dummy decodes.
+
+        Writes K/V into the first slots of block 0, which no sequence owns yet at load time.
+        """
+        start = time.perf_counter()
+        device = kv_cache.device
+        for n in batch_sizes:
+            long = dict(dtype=torch.long, device=device)
+            meta = AttentionMetadata(
+                slot_mapping=torch.arange(n, **long),  # type: ignore[arg-type]
+                block_tables=torch.zeros(n, 2, **long),  # type: ignore[arg-type]
+                context_lens=torch.ones(n, **long),  # type: ignore[arg-type]
+                query_start_loc=list(range(n + 1)),
+                context_lens_cpu=[1] * n,
+                num_decodes=n,
+                block_size=block_size,
+            )
+            self(torch.zeros(n, **long), torch.zeros(n, **long), kv_cache, meta)  # type: ignore[arg-type]
+        self.compile_seconds = time.perf_counter() - start
