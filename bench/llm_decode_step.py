@@ -114,7 +114,6 @@ DESIGNS: dict[str, Design] = {
     "int4": ({"weights": "int4"}, None, (0.75, 1)),  # 4 bits + a float scale and offset per 32
     "int8-dynamic": ({}, dynamic_int8, (1, 1)),
     "float32-compiled": ({"compile": True}, None, (4, 4)),
-    "bfloat16-compiled": ({"dtype": "bfloat16", "compile": True}, None, (2, 2)),
 }
 
 

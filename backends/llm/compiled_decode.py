@@ -9,12 +9,14 @@ op (`attention.paged_decode_attention`), so the graph never depends on context l
 Only batches of decodes take the compiled path (prefill chunks and speculative verification run eagerly); the
 graph is specialised for one sequence and dynamic in the batch size above it, and both graphs are compiled
 at load (`warm_up`), so no request waits for the compiler. Output equals the eager model's up to the order
-of floating-point accumulation (not bit-exact). Measurements: bench/RESULTS.md ("Single-stream decode").
+of floating-point accumulation (not bit-exact). float32 only: a frozen bfloat16 graph compiled after a float32 one
+in the same process gave wrong tokens (torch 2.13), so the config refuses other dtypes. Measurements: bench/RESULTS.md ("Single-stream decode").
 """
 
 from __future__ import annotations
 
 import time
+import types
 from collections.abc import Callable
 
 import torch
@@ -29,7 +31,12 @@ class CompiledDecode:
     """``model.forward`` for decode-only batches, compiled once; call it like the model."""
 
     def __init__(self, model: LlamaForCausalLM) -> None:
-        self._compiled: Forward = torch.compile(model.forward, options={"freezing": True})
+        # Dynamo keys its cache on the code object and, inlining modules, does not guard on the module's
+        # identity; with freezing the weights are baked into the graph. A private copy of `forward`'s code
+        # keeps a second model (or a second engine on the same model) from running the first one's graph.
+        code = type(model).forward.__code__
+        forward = types.FunctionType(code.replace(), type(model).forward.__globals__, "forward")
+        self._compiled: Forward = torch.compile(types.MethodType(forward, model), options={"freezing": True})
         self.compile_seconds = 0.0
 
     def __call__(

@@ -23,6 +23,8 @@ def test_bad_parameters_fail_the_load_with_the_parameter_named(repo, start_serve
         "bad_len": ({"max_model_len": "100000"}, "max_model_len 100000 exceeds the model's limit of 512"),
         "bad_cache": ({"kv_cache_bytes": "1KiB"}, "cannot hold one sequence"),
         "bad_dtype": ({"dtype": "int3"}, "dtype must be auto or one of"),
+        "bad_compile": ({"compile": "sometimes"}, "parameter 'compile'"),
+        "compile_bf16": ({"compile": "true", "dtype": "bfloat16"}, "compile needs dtype float32"),
     }
     for name, (params, _) in bad.items():
         repo.config(name, llm_config(str(tiny_llama), **params))
