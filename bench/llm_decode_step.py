@@ -188,14 +188,15 @@ def profile_split(engine: Any, steps: int) -> dict[str, float]:
 
 
 def bandwidth_gbs(mib: int = 1024, repeats: int = 5) -> tuple[float, float]:
-    """(read, copy) bandwidth in GB/s, best of `repeats`: a sum over a `mib` MiB tensor (bytes read), and a
-    copy of it (bytes read + written)."""
+    """(read, copy) bandwidth in GB/s, best of `repeats`: one float32 matrix-vector product over a `mib` MiB
+    matrix (bytes read: the access pattern of a decode step's weights), and a copy of it (read + written)."""
     src = torch.ones(mib << 18, dtype=torch.float32)
     dst = torch.empty_like(src)
+    matrix, vector = src.view(-1, 4096), torch.ones(1, 4096)
     read = copy = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
-        src.sum()
+        torch.nn.functional.linear(vector, matrix)
         read = min(read, time.perf_counter() - start)
         start = time.perf_counter()
         dst.copy_(src)

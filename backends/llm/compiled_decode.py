@@ -63,15 +63,15 @@ class CompiledDecode:
         start = time.perf_counter()
         device = kv_cache.device
         for n in batch_sizes:
-            long = dict(dtype=torch.long, device=device)
+            zeros = torch.zeros(n, dtype=torch.long, device=device)
             meta = AttentionMetadata(
-                slot_mapping=torch.arange(n, **long),  # type: ignore[arg-type]
-                block_tables=torch.zeros(n, 2, **long),  # type: ignore[arg-type]
-                context_lens=torch.ones(n, **long),  # type: ignore[arg-type]
+                slot_mapping=torch.arange(n, device=device),
+                block_tables=torch.zeros(n, 2, dtype=torch.long, device=device),
+                context_lens=zeros + 1,
                 query_start_loc=list(range(n + 1)),
                 context_lens_cpu=[1] * n,
                 num_decodes=n,
                 block_size=block_size,
             )
-            self(torch.zeros(n, **long), torch.zeros(n, **long), kv_cache, meta)  # type: ignore[arg-type]
+            self(zeros, zeros, kv_cache, meta)
         self.compile_seconds = time.perf_counter() - start
