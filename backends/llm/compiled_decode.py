@@ -31,9 +31,9 @@ class CompiledDecode:
     """``model.forward`` for decode-only batches, compiled once; call it like the model."""
 
     def __init__(self, model: LlamaForCausalLM) -> None:
-        # Dynamo keys its cache on the code object and, inlining modules, does not guard on the module's
-        # identity; with freezing the weights are baked into the graph. A private copy of `forward`'s code
-        # keeps a second model (or a second engine on the same model) from running the first one's graph.
+        # Dynamo keeps compiled graphs per code object, up to its recompile limit (8); a private copy of
+        # `forward`'s code gives each model its own cache, so several compiled models never evict each other
+        # into eager mode or have their guards checked against one another's graphs.
         code = type(model).forward.__code__
         forward = types.FunctionType(code.replace(), type(model).forward.__globals__, "forward")
         self._compiled: Forward = torch.compile(types.MethodType(forward, model), options={"freezing": True})
@@ -63,15 +63,17 @@ class CompiledDecode:
         start = time.perf_counter()
         device = kv_cache.device
         for n in batch_sizes:
-            zeros = torch.zeros(n, dtype=torch.long, device=device)
+            # Two tensors, not one passed twice: dynamo guards on inputs aliasing each other.
+            ids = torch.zeros(n, dtype=torch.long, device=device)
+            positions = torch.zeros(n, dtype=torch.long, device=device)
             meta = AttentionMetadata(
                 slot_mapping=torch.arange(n, device=device),
                 block_tables=torch.zeros(n, 2, dtype=torch.long, device=device),
-                context_lens=zeros + 1,
+                context_lens=positions + 1,
                 query_start_loc=list(range(n + 1)),
                 context_lens_cpu=[1] * n,
                 num_decodes=n,
                 block_size=block_size,
             )
-            self(zeros, zeros, kv_cache, meta)
+            self(ids, positions, kv_cache, meta)
         self.compile_seconds = time.perf_counter() - start

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import random
+import shutil
 
 import pytest
+from safetensors.torch import load_file, save_file
 
 from nereid.backends.llm import EngineConfig, SamplingParams
 
@@ -41,6 +43,23 @@ def test_compiled_decode_matches_eager(model, make_engine, llama_dir, qwen2_dir,
         got = generate(compiled, prompts(), one_at_a_time, run, collect_tokens)
         assert all(len(tokens) == MAX_NEW for tokens in got)
         assert got == expected
+
+
+@pytest.mark.slow
+def test_two_compiled_models_of_one_shape_keep_their_own_weights(
+    make_engine, llama_dir, tmp_path, run, collect_tokens
+):
+    """Frozen weights live in the graph: a second model of the same architecture must not run the first's."""
+    other = tmp_path / "other"
+    shutil.copytree(llama_dir, other)
+    weights = next(other.glob("*.safetensors"))
+    tensors = load_file(weights)
+    save_file({name: t.flip(0).contiguous() if t.dim() == 2 else t for name, t in tensors.items()}, weights)
+    first = make_engine(compile=True)
+    second = make_engine(model=str(other), compile=True)
+    for path, compiled in ((llama_dir, first), (other, second)):
+        expected = generate(make_engine(model=str(path)), prompts(), False, run, collect_tokens)
+        assert generate(compiled, prompts(), False, run, collect_tokens) == expected
 
 
 def test_eager_by_default(make_engine):
