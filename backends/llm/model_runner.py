@@ -6,6 +6,7 @@ import torch
 
 from nereid.backends.llm import prompt_logprobs
 from nereid.backends.llm.attention import AttentionMetadata, decode_groups
+from nereid.backends.llm.compiled_decode import CompiledDecode
 from nereid.backends.llm.config import CheckpointConfig, EngineConfig
 from nereid.backends.llm.kv_cache import allocate_kv_cache
 from nereid.backends.llm.models.llama import LlamaForCausalLM
@@ -33,6 +34,10 @@ class ModelRunner:
             checkpoint_config, num_blocks, config.block_size, config.torch_dtype(), self.device
         )
         self.sampler = Sampler(self.device, config.seed)
+        self.compiled_decode: CompiledDecode | None = None
+        if config.compile:
+            self.compiled_decode = CompiledDecode(model)
+            self.compiled_decode.warm_up(self.kv_cache, config.block_size)
 
     def prepare(
         self, batch: list[tuple[Sequence, int]]
@@ -79,7 +84,10 @@ class ModelRunner:
         # Decodes first, shortest context first (for `decode_groups`); then the prefill chunks.
         batch = sorted(scheduled, key=lambda item: (item[1] != 1, item[0].num_computed_tokens))
         input_ids, positions, meta = self.prepare(batch)
-        hidden = self.model(input_ids, positions, self.kv_cache, meta)
+        if self.compiled_decode is not None and meta.num_decodes == meta.num_seqs:
+            hidden = self.compiled_decode(input_ids, positions, self.kv_cache, meta)
+        else:
+            hidden = self.model(input_ids, positions, self.kv_cache, meta)
         prompt_logprobs.record(self.model, batch, hidden, meta)
         return batch, hidden, meta
 

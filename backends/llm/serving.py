@@ -62,6 +62,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "max_logprobs": _int,
     "seed": _int,
     "weights": str.strip,
+    "compile": _bool,
     "max_grammar_bytes": _size,
     "max_schema_depth": _int,
     "num_threads": _int,

@@ -24,6 +24,8 @@ def test_bad_parameters_fail_the_load_with_the_parameter_named(repo, start_serve
         "bad_cache": ({"kv_cache_bytes": "1KiB"}, "cannot hold one sequence"),
         "bad_dtype": ({"dtype": "int3"}, "dtype must be auto or one of"),
         "bad_threads": ({"num_threads": "0"}, "num_threads must be >= 1"),
+        "bad_compile": ({"compile": "sometimes"}, "parameter 'compile'"),
+        "compile_bf16": ({"compile": "true", "dtype": "bfloat16"}, "compile needs dtype float32"),
     }
     for name, (params, _) in bad.items():
         repo.config(name, llm_config(str(tiny_llama), **params))
