@@ -241,7 +241,7 @@ def exposition(*registries: CollectorRegistry) -> bytes:
     so families whose samples all carry the bare name get their metadata under that name too.
     """
     metrics = [metric for registry in registries for metric in registry.collect()]
-    text = generate_latest(_Collected(metrics))  # type: ignore[arg-type]
+    text = generate_latest(_Collected(metrics))
     for metric in metrics:
         if metric.type == "counter" and all(sample.name == metric.name for sample in metric.samples):
             name = metric.name.encode()
