@@ -53,6 +53,23 @@ def write_kv(kv_cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slot_mapp
     kv_cache[1].view(-1, kvh, hd).index_copy_(0, slot_mapping, v)
 
 
+def _attend_decodes(
+    q: torch.Tensor,
+    kv_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    context_lens: torch.Tensor,
+    max_len: int,
+    block_size: int,
+) -> torch.Tensor:
+    """One token per sequence ([n, heads, head_dim]) attending to its cached context, padded to `max_len`."""
+    n, heads, hd = q.shape
+    kvh = kv_cache.shape[-2]
+    kc, vc = _gather(kv_cache, block_tables[:, : -(-max_len // block_size)], max_len)
+    mask = torch.arange(max_len, device=q.device)[None, :] < context_lens[:, None]
+    qd = q.view(n, kvh, heads // kvh, hd)
+    return F.scaled_dot_product_attention(qd, kc, vc, attn_mask=mask[:, None, None, :]).reshape(n, heads, hd)
+
+
 def _gather(kv_cache: torch.Tensor, blocks: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
     """K and V of `blocks` ([..., n]) as two [..., kv_heads, length, head_dim] views of one gathered copy."""
     # One index_select over the block axis for keys and values together: a row copy per block, 2-3x
@@ -78,13 +95,7 @@ def paged_decode_attention(
     that `torch.compile` traces a decode step's layers without a graph break or a guard on context lengths.
     All decodes form one group: K/V are gathered padded to the longest context."""
     write_kv(kv_cache, k, v, slot_mapping)
-    n, heads, hd = q.shape
-    kvh = k.shape[1]
-    max_len = int(context_lens.max())
-    kc, vc = _gather(kv_cache, block_tables[:, : -(-max_len // block_size)], max_len)
-    mask = torch.arange(max_len, device=q.device)[None, :] < context_lens[:, None]
-    qd = q.view(n, kvh, heads // kvh, hd)
-    return F.scaled_dot_product_attention(qd, kc, vc, attn_mask=mask[:, None, None, :]).reshape(n, heads, hd)
+    return _attend_decodes(q, kv_cache, block_tables, context_lens, int(context_lens.max()), block_size)
 
 
 @paged_decode_attention.register_fake
@@ -127,18 +138,15 @@ def paged_attention(
         if a == b:
             continue
         max_len = max(meta.context_lens_cpu[a:b])
-        kc, vc = _gather(kv_cache, meta.block_tables[a:b, : -(-max_len // bs)], max_len)
-        mask = torch.arange(max_len, device=q.device)[None, :] < meta.context_lens[a:b, None]
-        qd = q[a:b].view(b - a, kvh, group, hd)
-        out[a:b] = F.scaled_dot_product_attention(qd, kc, vc, attn_mask=mask[:, None, None, :]).reshape(
-            b - a, heads, hd
+        out[a:b] = _attend_decodes(
+            q[a:b], kv_cache, meta.block_tables[a:b], meta.context_lens[a:b], max_len, bs
         )
     for i in range(nd, meta.num_seqs):
         start, end = meta.query_start_loc[i], meta.query_start_loc[i + 1]
         ql, ctx = end - start, meta.context_lens_cpu[i]
         if ql == ctx:
             # 4-D inputs (a batch of one): torch's CPU flash kernel; 3-D ones take the math path, 3-9x
-            # slower on a 256-token chunk (bench/RESULTS.md, "Prefill attention").
+            # slower on a 256-token chunk (bench/RESULTS.md, "Issue 17: the three peers in one window").
             o = F.scaled_dot_product_attention(
                 q[None, start:end].transpose(1, 2),
                 k[None, start:end].transpose(1, 2),
