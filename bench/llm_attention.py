@@ -5,7 +5,7 @@
 SmolLM2-135M's shapes (9 query heads sharing 3 KV heads, head_dim 64, 8-token blocks), bfloat16 and float32:
 
 - ``gather``: one layer's K/V of ``batch`` sequences out of the paged cache: advanced indexing
-  (``kv[:, blocks]``, the old form) against one ``index_select`` over the block axis (the engine's);
+  (``kv[:, blocks]``, the old form) against one ``index_select`` over the leading axis, keys' and values' blocks together (the engine's);
 - ``prefill``: a causal chunk through ``scaled_dot_product_attention`` with 3-D inputs (torch's math path)
   against 4-D inputs (a batch of one: torch's CPU flash kernel, the engine's);
 - ``decode`` (``--compiled``): the engine's gather + SDPA against attention written as reductions that read
@@ -57,7 +57,8 @@ def gather_and_decode(batch: int, context: int, dtype: torch.dtype, compiled: bo
         return kv[:, tables]
 
     def selected() -> torch.Tensor:
-        flat = torch.index_select(kv.view(2, blocks_total, -1), 1, tables.flatten())
+        ids = tables.flatten()
+        flat = torch.index_select(kv.view(2 * blocks_total, -1), 0, torch.cat((ids, ids + blocks_total)))
         return flat.view(2, batch, width, BLOCK, KV_HEADS, HEAD_DIM)
 
     assert torch.equal(indexed(), selected())
