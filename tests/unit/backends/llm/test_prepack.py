@@ -28,16 +28,13 @@ def test_packed_linear_matches_f_linear(rows):
 
 
 @needs_bf16
-def test_bfloat16_engine_packs_and_generates(make_engine):
+def test_bfloat16_engine_packs_and_generates(make_engine, run, collect_tokens):
     engine = make_engine(dtype="bfloat16")
     model = engine.model_runner.model
     assert isinstance(model.lm_head, PrepackedLinear)
     assert isinstance(model.model.layers[0].mlp.gate_up_proj, PrepackedLinear)
     engine.add_request("a", "Paris is the", SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True))
-    tokens = []
-    while engine.has_unfinished():
-        for out in engine.step():
-            tokens += out.new_token_ids
+    tokens = collect_tokens(run(engine)["a"])
     assert len(tokens) == 8
 
 

@@ -58,13 +58,10 @@ def test_int4_represents_q4_1_blocks_exactly():
 
 
 @pytest.mark.parametrize("weights", ["int8", "int4"])
-def test_tiny_engine_runs_quantised(make_engine, weights):
+def test_tiny_engine_runs_quantised(make_engine, run, collect_tokens, weights):
     engine = make_engine(weights=weights)
     engine.add_request("a", "Paris is the", SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True))
-    tokens = []
-    while engine.has_unfinished():
-        for out in engine.step():
-            tokens += out.new_token_ids
+    tokens = collect_tokens(run(engine)["a"])
     assert len(tokens) == 8
 
 
