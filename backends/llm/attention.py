@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from nereid.backends.llm import native
+
 
 @dataclass
 class AttentionMetadata:
@@ -30,6 +32,8 @@ class AttentionMetadata:
     decode_groups: list[int] = field(default_factory=list)
     """Boundaries `[0, ..., num_decodes]` of the groups of decodes attended together: each group's K/V is
     gathered padded to its own longest context (see `decode_groups`); empty means one group."""
+    native_decode: bool = False
+    """Attend the decodes with the C++ kernel that reads the cache in place (`native`), not gather + SDPA."""
 
     @property
     def num_seqs(self) -> int:
@@ -60,9 +64,13 @@ def _attend_decodes(
     context_lens: torch.Tensor,
     max_len: int,
     block_size: int,
+    use_native: bool = False,
 ) -> torch.Tensor:
-    """One token per sequence ([n, heads, head_dim]) attending to its cached context, padded to `max_len`."""
+    """One token per sequence ([n, heads, head_dim]) attending to its cached context: read in place by the
+    native kernel, or gathered padded to `max_len` and attended by SDPA."""
     n, heads, hd = q.shape
+    if use_native:
+        return native.paged_decode_attention(q.contiguous(), kv_cache, block_tables, context_lens, hd**-0.5)
     kvh = kv_cache.shape[-2]
     kc, vc = _gather(kv_cache, block_tables[:, : -(-max_len // block_size)], max_len)
     mask = torch.arange(max_len, device=q.device)[None, :] < context_lens[:, None]
@@ -92,12 +100,14 @@ def paged_decode_attention(
     block_tables: torch.Tensor,
     context_lens: torch.Tensor,
     block_size: int,
+    use_native: bool,
 ) -> torch.Tensor:
     """`paged_attention` for a batch of decodes only, as one opaque op over tensors (no Python metadata), so
     that `torch.compile` traces a decode step's layers without a graph break or a guard on context lengths.
     All decodes form one group: K/V are gathered padded to the longest context."""
     write_kv(kv_cache, k, v, slot_mapping)
-    return _attend_decodes(q, kv_cache, block_tables, context_lens, int(context_lens.max()), block_size)
+    max_len = 0 if use_native else int(context_lens.max())
+    return _attend_decodes(q, kv_cache, block_tables, context_lens, max_len, block_size, use_native)
 
 
 @paged_decode_attention.register_fake
@@ -110,6 +120,7 @@ def _(
     block_tables: torch.Tensor,
     context_lens: torch.Tensor,
     block_size: int,
+    use_native: bool,
 ) -> torch.Tensor:
     return torch.empty_like(q)
 
@@ -128,7 +139,15 @@ def paged_attention(
     """
     if torch.compiler.is_compiling():
         return paged_decode_attention(
-            q, k, v, kv_cache, meta.slot_mapping, meta.block_tables, meta.context_lens, meta.block_size
+            q,
+            k,
+            v,
+            kv_cache,
+            meta.slot_mapping,
+            meta.block_tables,
+            meta.context_lens,
+            meta.block_size,
+            meta.native_decode,
         )
     write_kv(kv_cache, k, v, meta.slot_mapping)
     heads, hd = q.shape[1], q.shape[2]
@@ -136,7 +155,11 @@ def paged_attention(
     group = heads // kvh
     out = torch.empty_like(q)
     bs, nd = meta.block_size, meta.num_decodes
-    for a, b in itertools.pairwise(meta.decode_groups or [0, nd]):
+    if meta.native_decode and nd:
+        out[:nd] = _attend_decodes(
+            q[:nd], kv_cache, meta.block_tables[:nd], meta.context_lens[:nd], 0, bs, use_native=True
+        )
+    for a, b in itertools.pairwise([] if meta.native_decode else meta.decode_groups or [0, nd]):
         if a == b:
             continue
         max_len = max(meta.context_lens_cpu[a:b])

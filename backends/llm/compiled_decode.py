@@ -55,7 +55,13 @@ class CompiledDecode:
         return self._compiled(input_ids, positions, kv_cache, meta)
 
     @torch.inference_mode()
-    def warm_up(self, kv_cache: torch.Tensor, block_size: int, batch_sizes: tuple[int, ...] = (1, 2)) -> None:
+    def warm_up(
+        self,
+        kv_cache: torch.Tensor,
+        block_size: int,
+        native_decode: bool = False,
+        batch_sizes: tuple[int, ...] = (1, 2),
+    ) -> None:
         """Compile the graphs for `batch_sizes` now (one sequence, and the dynamic batch) on dummy decodes.
 
         Writes K/V into the first slots of block 0, which no sequence owns yet at load time.
@@ -74,6 +80,7 @@ class CompiledDecode:
                 context_lens_cpu=[1] * n,
                 num_decodes=n,
                 block_size=block_size,
+                native_decode=native_decode,
             )
             self(ids, positions, kv_cache, meta)
         self.compile_seconds = time.perf_counter() - start

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from nereid.backends.llm import prompt_logprobs
+from nereid.backends.llm import native, prompt_logprobs
 from nereid.backends.llm.attention import AttentionMetadata, decode_groups
 from nereid.backends.llm.compiled_decode import CompiledDecode
 from nereid.backends.llm.config import CheckpointConfig, EngineConfig
@@ -14,6 +14,20 @@ from nereid.backends.llm.sampler import Sampler
 from nereid.backends.llm.sequence import SampleLogprobs, Sequence
 
 Sample = tuple[int, SampleLogprobs | None]
+
+
+def native_decode(config: EngineConfig) -> bool:
+    """Whether decodes attend through the native kernel (`EngineConfig.attention`); raises ValueError when
+    `native` was asked for and the kernel cannot be built."""
+    if config.attention == "torch" or torch.device(config.device).type != "cpu":
+        return False
+    if native.load():
+        return True
+    if config.attention == "native":
+        raise ValueError(
+            "attention native: the C++ kernel could not be built (see the log); use auto or torch"
+        )
+    return False
 
 
 class ModelRunner:
@@ -34,10 +48,11 @@ class ModelRunner:
             checkpoint_config, num_blocks, config.block_size, config.torch_dtype(), self.device
         )
         self.sampler = Sampler(self.device, config.seed)
+        self.native_decode = native_decode(config)
         self.compiled_decode: CompiledDecode | None = None
         if config.compile:
             self.compiled_decode = CompiledDecode(model)
-            self.compiled_decode.warm_up(self.kv_cache, config.block_size)
+            self.compiled_decode.warm_up(self.kv_cache, config.block_size, self.native_decode)
 
     def prepare(
         self, batch: list[tuple[Sequence, int]]
@@ -68,6 +83,7 @@ class ModelRunner:
             num_decodes=num_decodes,
             block_size=bs,
             decode_groups=decode_groups(ctx_lens[:num_decodes]),
+            native_decode=self.native_decode,
         )
         return (
             torch.tensor(ids, dtype=long, device=dev),

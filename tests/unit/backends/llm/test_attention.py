@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nereid.backends.llm.attention import AttentionMetadata, decode_groups, paged_attention
+from nereid.backends.llm import native
+from nereid.backends.llm.attention import AttentionMetadata, _attend_decodes, decode_groups, paged_attention
 
 HEADS, KV_HEADS, HEAD_DIM, BS = 4, 2, 8, 4
 
@@ -28,8 +29,13 @@ def reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor
     return o.transpose(0, 1)
 
 
-@pytest.mark.parametrize("grouped", [False, True])
-def test_decodes_and_prefill_chunks_match_full_attention(grouped: bool) -> None:
+needs_native = pytest.mark.skipif(not native.load(), reason="the native kernels did not build here")
+
+
+@pytest.mark.parametrize(
+    ("grouped", "use_native"), [(False, False), (True, False), pytest.param(False, True, marks=needs_native)]
+)
+def test_decodes_and_prefill_chunks_match_full_attention(grouped: bool, use_native: bool) -> None:
     torch.manual_seed(0)
     # Sequences with (tokens already cached, new tokens this step): three decodes with very different
     # contexts, a fresh prefill and a prefill chunk that continues an earlier one.
@@ -60,6 +66,7 @@ def test_decodes_and_prefill_chunks_match_full_attention(grouped: bool) -> None:
         num_decodes=3,
         block_size=BS,
         decode_groups=decode_groups(ctx[:3]) if grouped else [],
+        native_decode=use_native,
     )
     assert not grouped or len(meta.decode_groups) > 2
     new = [(q[c:], k[c:], v[c:]) for (c, _), (q, k, v) in zip(plan, full, strict=True)]
@@ -68,3 +75,38 @@ def test_decodes_and_prefill_chunks_match_full_attention(grouped: bool) -> None:
     for i, ((c, n), (fq, fk, fv)) in enumerate(zip(plan, full, strict=True)):
         expected = reference(fq, fk, fv)[c:]
         torch.testing.assert_close(out[starts[i] : starts[i] + n], expected, rtol=1e-5, atol=1e-5)
+
+
+@needs_native
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(
+    ("heads", "kv_heads", "head_dim"), [(9, 3, 64), (8, 8, 64), (16, 2, 128), (6, 2, 48)]
+)
+def test_native_decode_reads_the_paged_cache_like_the_gathering_path(
+    dtype: torch.dtype, heads: int, kv_heads: int, head_dim: int
+) -> None:
+    """The C++ kernel (vectorised for head_dim 64 / 128, scalar otherwise) against gather + SDPA, on contexts
+    that end mid-block, span many scattered blocks, or hold a single token."""
+    torch.manual_seed(1)
+    bs, blocks, lens = 8, 64, torch.tensor([1, 7, 8, 9, 100, 257])
+    cache = torch.randn(2, blocks, bs, kv_heads, head_dim).to(dtype)
+    width = -(-int(lens.max()) // bs)
+    tables = torch.stack([torch.randperm(blocks)[:width] for _ in lens])
+    q = torch.randn(len(lens), heads, head_dim).to(dtype)
+    expected = _attend_decodes(q.float(), cache.float(), tables, lens, int(lens.max()), bs)
+    out = _attend_decodes(q, cache, tables, lens, 0, bs, use_native=True)
+    assert out.dtype == dtype and out.shape == q.shape
+    tol = 1e-5 if dtype == torch.float32 else 8e-3  # bfloat16: the output's own rounding
+    torch.testing.assert_close(out.float(), expected, rtol=tol, atol=tol)
+
+
+@needs_native
+def test_native_decode_rejects_what_it_cannot_read() -> None:
+    cache = torch.zeros(2, 4, 8, 2, 64)
+    q, tables, lens = torch.zeros(1, 4, 64), torch.zeros(1, 2, dtype=torch.long), torch.tensor([16])
+    with pytest.raises(RuntimeError, match="one dtype"):
+        native.paged_decode_attention(q.bfloat16(), cache, tables, lens, 0.125)
+    with pytest.raises(RuntimeError, match="exceeds its block table"):
+        native.paged_decode_attention(q, cache, tables, torch.tensor([17]), 0.125)
+    with pytest.raises(RuntimeError, match="int64"):
+        native.paged_decode_attention(q, cache, tables.int(), lens, 0.125)

@@ -184,3 +184,18 @@ def test_num_threads_sets_torchs_threads_and_keeps_the_answer(make_engine, run, 
         torch.set_num_threads(before)
     with pytest.raises(ValueError, match="num_threads must be >= 1"):
         make_engine(num_threads=0)
+
+
+def test_attention_native_and_torch_give_the_same_tokens(make_engine, run, collect_tokens):
+    from nereid.backends.llm import native
+
+    if not native.load():
+        pytest.skip("the native kernels did not build here")
+    engine = make_engine(attention="native")
+    assert engine.model_runner.native_decode
+    assert not make_engine(attention="torch").model_runner.native_decode
+    assert greedy_tokens(make_engine, run, collect_tokens, n=24, attention="native") == greedy_tokens(
+        make_engine, run, collect_tokens, n=24, attention="torch"
+    )
+    with pytest.raises(ValueError, match="attention must be one of auto, native, torch"):
+        make_engine(attention="flash")

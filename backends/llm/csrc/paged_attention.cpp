@@ -1,0 +1,251 @@
+// Paged decode attention on the CPU: one query token per sequence attends to that sequence's keys and values
+// read where they lie in the block-paged cache. Nothing is gathered or padded: each (sequence, KV head) pair
+// walks its own block table once for the scores and once for the weighted values, and the pairs are spread
+// over ATen's OpenMP threads. Registered as `torch.ops.nereid_native.paged_decode_attention`; built on first
+// use by backends/llm/native.py for the machine it runs on (-march=native).
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <c10/util/BFloat16.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+namespace nereid {
+namespace {
+
+struct Layout {
+  int64_t block_size;  // tokens per cache block
+  int64_t token_stride;  // elements between two tokens of a block: kv_heads * head_dim
+  int64_t half;  // elements from a key to its value: num_blocks * block_size * token_stride
+  int64_t head_dim;
+  int64_t group;  // query heads per KV head
+};
+
+// Scores, softmax and weighted values for the `group` query heads of one KV head of one sequence.
+// q: group x head_dim (float, pre-scaled); keys: cache + kv_head * head_dim; out: group x head_dim.
+template <typename T>
+void attend_scalar(const float* q, const T* keys, const int64_t* blocks, int64_t ctx, const Layout& l,
+                   float* scores, float* acc) {
+  const int64_t hd = l.head_dim, g_n = l.group;
+  std::vector<float> maxs(g_n, -std::numeric_limits<float>::infinity());
+  for (int64_t t = 0; t < ctx; ++t) {
+    const T* k = keys + (blocks[t / l.block_size] * l.block_size + t % l.block_size) * l.token_stride;
+    for (int64_t g = 0; g < g_n; ++g) {
+      float s = 0.f;
+      for (int64_t d = 0; d < hd; ++d) s += static_cast<float>(k[d]) * q[g * hd + d];
+      scores[g * ctx + t] = s;
+      maxs[g] = std::max(maxs[g], s);
+    }
+  }
+  std::fill(acc, acc + g_n * hd, 0.f);
+  for (int64_t g = 0; g < g_n; ++g) {
+    float sum = 0.f;
+    for (int64_t t = 0; t < ctx; ++t) sum += (scores[g * ctx + t] = std::exp(scores[g * ctx + t] - maxs[g]));
+    for (int64_t t = 0; t < ctx; ++t) scores[g * ctx + t] /= sum;
+  }
+  for (int64_t t = 0; t < ctx; ++t) {
+    const T* v = keys + l.half + (blocks[t / l.block_size] * l.block_size + t % l.block_size) * l.token_stride;
+    for (int64_t g = 0; g < g_n; ++g) {
+      const float p = scores[g * ctx + t];
+      for (int64_t d = 0; d < hd; ++d) acc[g * hd + d] += p * static_cast<float>(v[d]);
+    }
+  }
+}
+
+#if defined(__AVX512F__)
+inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
+inline __m512 load16(const c10::BFloat16* p) {
+  const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
+}
+
+// e^x for the softmax's arguments (x <= 0): x = n ln2 + r with |r| <= ln2 / 2, e^r by its degree-6 Taylor
+// polynomial (relative error < 2e-7), times 2^n. Arguments below -87 give e^-87 (~1.6e-38), not 0.
+inline __m512 exp16(__m512 x) {
+  x = _mm512_max_ps(x, _mm512_set1_ps(-87.f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187045e-06f), r);
+  __m512 p = _mm512_set1_ps(1.f / 720);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 120));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 24));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 6));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f));
+  return _mm512_scalef_ps(p, n);
+}
+
+// The same computation with head_dim = 16 * C and G query heads per KV head fixed at compile time, so each
+// pass keeps its G x C accumulators in registers.
+template <typename T, int C, int G>
+void attend_avx512(const float* q, const T* keys, const int64_t* blocks, int64_t ctx, const Layout& l,
+                   float* scores, float* acc) {
+  constexpr int hd = 16 * C;
+  __m512 qv[G][C];
+  for (int g = 0; g < G; ++g)
+    for (int c = 0; c < C; ++c) qv[g][c] = _mm512_loadu_ps(q + g * hd + 16 * c);
+  float maxs[G];
+  std::fill(maxs, maxs + G, -std::numeric_limits<float>::infinity());
+  const int64_t bs = l.block_size;
+  for (int64_t start = 0, b = 0; start < ctx; start += bs, ++b) {
+    const T* base = keys + blocks[b] * bs * l.token_stride;
+    const int64_t n = std::min(bs, ctx - start);
+    for (int64_t o = 0; o < n; ++o) {
+      const T* k = base + o * l.token_stride;
+      __m512 s[G];
+      for (int g = 0; g < G; ++g) s[g] = _mm512_setzero_ps();
+      for (int c = 0; c < C; ++c) {
+        const __m512 kc = load16(k + 16 * c);
+        for (int g = 0; g < G; ++g) s[g] = _mm512_fmadd_ps(kc, qv[g][c], s[g]);
+      }
+      for (int g = 0; g < G; ++g) {
+        const float v = _mm512_reduce_add_ps(s[g]);
+        scores[g * ctx + start + o] = v;
+        maxs[g] = std::max(maxs[g], v);
+      }
+    }
+  }
+  float inv[G];
+  for (int g = 0; g < G; ++g) {
+    float* row = scores + g * ctx;
+    const __m512 m = _mm512_set1_ps(maxs[g]);
+    __m512 sum = _mm512_setzero_ps();
+    int64_t t = 0;
+    for (; t + 16 <= ctx; t += 16) {
+      const __m512 e = exp16(_mm512_sub_ps(_mm512_loadu_ps(row + t), m));
+      _mm512_storeu_ps(row + t, e);
+      sum = _mm512_add_ps(sum, e);
+    }
+    if (t < ctx) {
+      const __mmask16 mask = static_cast<__mmask16>((1u << (ctx - t)) - 1);
+      const __m512 e = exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(mask, row + t), m));
+      _mm512_mask_storeu_ps(row + t, mask, e);
+      sum = _mm512_add_ps(sum, _mm512_maskz_mov_ps(mask, e));
+    }
+    inv[g] = 1.f / _mm512_reduce_add_ps(sum);
+  }
+  __m512 a[G][C];
+  for (int g = 0; g < G; ++g)
+    for (int c = 0; c < C; ++c) a[g][c] = _mm512_setzero_ps();
+  for (int64_t start = 0, b = 0; start < ctx; start += bs, ++b) {
+    const T* base = keys + l.half + blocks[b] * bs * l.token_stride;
+    const int64_t n = std::min(bs, ctx - start);
+    for (int64_t o = 0; o < n; ++o) {
+      const T* v = base + o * l.token_stride;
+      __m512 p[G];
+      for (int g = 0; g < G; ++g) p[g] = _mm512_set1_ps(scores[g * ctx + start + o]);
+      for (int c = 0; c < C; ++c) {
+        const __m512 vc = load16(v + 16 * c);
+        for (int g = 0; g < G; ++g) a[g][c] = _mm512_fmadd_ps(p[g], vc, a[g][c]);
+      }
+    }
+  }
+  for (int g = 0; g < G; ++g)
+    for (int c = 0; c < C; ++c)
+      _mm512_storeu_ps(acc + g * hd + 16 * c, _mm512_mul_ps(a[g][c], _mm512_set1_ps(inv[g])));
+}
+#endif
+
+template <typename T>
+using AttendFn = void (*)(const float*, const T*, const int64_t*, int64_t, const Layout&, float*, float*);
+
+template <typename T>
+AttendFn<T> pick(int64_t head_dim, int64_t group) {
+#if defined(__AVX512F__)
+#define NEREID_GROUPS(C)                           \
+  switch (group) {                                 \
+    case 1: return attend_avx512<T, C, 1>;         \
+    case 2: return attend_avx512<T, C, 2>;         \
+    case 3: return attend_avx512<T, C, 3>;         \
+    case 4: return attend_avx512<T, C, 4>;         \
+    case 5: return attend_avx512<T, C, 5>;         \
+    case 6: return attend_avx512<T, C, 6>;         \
+    case 7: return attend_avx512<T, C, 7>;         \
+    case 8: return attend_avx512<T, C, 8>;         \
+    default: break;                                \
+  }
+  if (head_dim == 64) { NEREID_GROUPS(4) }
+  if (head_dim == 128) { NEREID_GROUPS(8) }
+#undef NEREID_GROUPS
+#endif
+  return attend_scalar<T>;
+}
+
+template <typename T>
+void run(const at::Tensor& q, const at::Tensor& kv_cache, const at::Tensor& block_tables,
+         const at::Tensor& context_lens, double scale, at::Tensor& out) {
+  const int64_t n = q.size(0), heads = q.size(1), hd = q.size(2), kvh = kv_cache.size(3);
+  const Layout l{kv_cache.size(2), kvh * hd, kv_cache.size(1) * kv_cache.size(2) * kvh * hd, hd, heads / kvh};
+  const int64_t max_blocks = block_tables.size(1);
+  const T* qp = q.data_ptr<T>();
+  const T* cache = kv_cache.data_ptr<T>();
+  const int64_t* tables = block_tables.data_ptr<int64_t>();
+  const int64_t* lens = context_lens.data_ptr<int64_t>();
+  T* op = out.data_ptr<T>();
+  const AttendFn<T> attend = pick<T>(hd, l.group);
+  const float fscale = static_cast<float>(scale);
+  at::parallel_for(0, n * kvh, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> qf(l.group * hd), acc(l.group * hd), scores;
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t seq = item / kvh, kv = item % kvh, ctx = lens[seq];
+      const int64_t first = (seq * heads + kv * l.group) * hd;  // this group's query heads are contiguous
+      if (ctx <= 0) {
+        std::fill(op + first, op + first + l.group * hd, T(0));
+        continue;
+      }
+      for (int64_t i = 0; i < l.group * hd; ++i) qf[i] = static_cast<float>(qp[first + i]) * fscale;
+      scores.resize(l.group * ctx);
+      attend(qf.data(), cache + kv * hd, tables + seq * max_blocks, ctx, l, scores.data(), acc.data());
+      for (int64_t i = 0; i < l.group * hd; ++i) op[first + i] = static_cast<T>(acc[i]);
+    }
+  });
+}
+
+at::Tensor paged_decode_attention(const at::Tensor& q, const at::Tensor& kv_cache, const at::Tensor& block_tables,
+                                  const at::Tensor& context_lens, double scale) {
+  TORCH_CHECK(q.dim() == 3 && kv_cache.dim() == 5 && kv_cache.size(0) == 2,
+              "expected q [n, heads, head_dim] and kv_cache [2, blocks, block_size, kv_heads, head_dim]");
+  TORCH_CHECK(q.scalar_type() == kv_cache.scalar_type(), "q and kv_cache must have one dtype");
+  TORCH_CHECK(q.size(2) == kv_cache.size(4) && q.size(1) % kv_cache.size(3) == 0,
+              "q's heads must be a multiple of the cache's KV heads, with the same head_dim");
+  TORCH_CHECK(block_tables.scalar_type() == at::kLong && context_lens.scalar_type() == at::kLong,
+              "block_tables and context_lens must be int64");
+  TORCH_CHECK(block_tables.dim() == 2 && block_tables.size(0) == q.size(0) && context_lens.numel() == q.size(0),
+              "one block table row and one context length per query");
+  TORCH_CHECK(q.is_contiguous() && kv_cache.is_contiguous() && block_tables.is_contiguous() &&
+                  context_lens.is_contiguous(),
+              "inputs must be contiguous");
+  const int64_t* lens = context_lens.data_ptr<int64_t>();
+  const int64_t capacity = block_tables.size(1) * kv_cache.size(2);
+  for (int64_t i = 0; i < context_lens.numel(); ++i)
+    TORCH_CHECK(lens[i] <= capacity, "context length ", lens[i], " exceeds its block table (", capacity, ")");
+  at::Tensor out = at::empty_like(q);
+  if (q.scalar_type() == at::kFloat) {
+    run<float>(q, kv_cache, block_tables, context_lens, scale, out);
+  } else if (q.scalar_type() == at::kBFloat16) {
+    run<c10::BFloat16>(q, kv_cache, block_tables, context_lens, scale, out);
+  } else {
+    TORCH_CHECK(false, "paged_decode_attention supports float32 and bfloat16, not ", q.scalar_type());
+  }
+  return out;
+}
+
+}  // namespace
+}  // namespace nereid
+
+TORCH_LIBRARY(nereid_native, m) {
+  m.def("paged_decode_attention(Tensor q, Tensor kv_cache, Tensor block_tables, Tensor context_lens, float scale)"
+        " -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(nereid_native, CPU, m) { m.impl("paged_decode_attention", &nereid::paged_decode_attention); }
