@@ -29,7 +29,7 @@ $(EMBED_ONNX): model_repository/build_embedding.py | $(STAMP)
 # Strict editable installs do not see new files, so refresh the install before serving too.
 serve: $(STAMP) $(EMBED_ONNX)
 	$(BIN)/pip install -q --no-deps --config-settings editable_mode=strict -e .
-	$(BIN)/python -m nereid.backends.llm.native
+	$(BIN)/python -c 'from nereid.backends.llm import native; native.main()'
 	$(BIN)/nereid serve --model-repository $(MODEL_REPOSITORY) --http-port 8000 --grpc-port 8001 --metrics-port 8002
 
 # Strict editable installs do not see new files, so refresh the install before testing.
@@ -38,7 +38,7 @@ test: $(STAMP)
 	command -v haproxy >/dev/null && command -v chromium >/dev/null && command -v chromedriver >/dev/null \
 		|| (apt-get update -q && apt-get install -y -q haproxy chromium chromium-driver)
 	$(BIN)/pip install -q --no-deps --config-settings editable_mode=strict -e .
-	$(BIN)/python -m nereid.backends.llm.native
+	$(BIN)/python -c 'from nereid.backends.llm import native; native.main()'
 	$(BIN)/pytest -q
 
 # mypy reads the packages through a link tree shaped like the installed `nereid` namespace.

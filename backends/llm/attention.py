@@ -126,9 +126,15 @@ def _(
 
 
 def paged_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetadata
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    kv_cache: torch.Tensor,
+    meta: AttentionMetadata,
+    written: bool = False,
 ) -> torch.Tensor:
-    """Write k/v into the cache, then attend each query to its sequence's cached context.
+    """Write k/v into the cache (unless `written`: already there), then attend each query to its sequence's
+    cached context.
 
     q: [tokens, heads, head_dim]; k, v: [tokens, kv_heads, head_dim]. Grouped-query attention is handled by
     folding the `heads // kv_heads` query heads that share a KV head into the query-length axis, so K/V are
@@ -149,7 +155,8 @@ def paged_attention(
             meta.block_size,
             meta.native_decode,
         )
-    write_kv(kv_cache, k, v, meta.slot_mapping)
+    if not written:
+        write_kv(kv_cache, k, v, meta.slot_mapping)
     heads, hd = q.shape[1], q.shape[2]
     kvh = k.shape[1]
     group = heads // kvh

@@ -16,7 +16,7 @@ _POSITIVE = (
     "max_schema_depth",
 )
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-ATTENTION = ("auto", "native", "torch")
+KERNELS = ("auto", "native", "torch")
 SPECULATIVE_METHODS = ("ngram", "draft_model")
 
 
@@ -105,9 +105,11 @@ class EngineConfig:
     """Run decode-only steps through `torch.compile` (Inductor, frozen weights; see `compiled_decode`): faster
     single-stream decoding, equal to eager up to float rounding, compiled at load (tens of seconds).
     float32 only."""
-    attention: str = "auto"
-    """Decode attention: native (the C++ kernel reading the paged cache in place, built for this CPU on first
-    use; the load fails if it cannot be built), torch (gather + SDPA), auto (native where it builds, on CPU)."""
+    kernels: str = "auto"
+    """CPU kernels of the forward pass: native (the engine's C++ kernels, built for this CPU on first use:
+    decode attention reading the paged cache in place, and RMSNorm with its residual add, rotary embedding
+    with the K/V cache write, and SwiGLU each fused into one pass; the load fails if they cannot be built),
+    torch (PyTorch ops only), auto (native where they build, on CPU; torch otherwise)."""
     max_grammar_bytes: int = 64 * 1024
     """Longest guided-decoding schema, regex or grammar (bytes of its text) a request may send."""
     max_schema_depth: int = 32
@@ -136,10 +138,10 @@ class EngineConfig:
             )
         if self.num_threads is not None and self.num_threads < 1:
             raise ValueError(f"num_threads must be >= 1, got {self.num_threads}")
-        if self.attention not in ATTENTION:
-            raise ValueError(f"attention must be one of {', '.join(ATTENTION)}, got {self.attention!r}")
-        if self.attention == "native" and self.device != "cpu":
-            raise ValueError(f"attention native runs on cpu, not {self.device!r}")
+        if self.kernels not in KERNELS:
+            raise ValueError(f"kernels must be one of {', '.join(KERNELS)}, got {self.kernels!r}")
+        if self.kernels == "native" and self.device != "cpu":
+            raise ValueError(f"kernels native run on cpu, not {self.device!r}")
         if self.compile and (self.weights != "float" or self.torch_dtype() != torch.float32):
             raise ValueError(
                 f"compile needs dtype float32 and weights float (got dtype {self.dtype!r}, weights "

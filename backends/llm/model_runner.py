@@ -16,16 +16,16 @@ from nereid.backends.llm.sequence import SampleLogprobs, Sequence
 Sample = tuple[int, SampleLogprobs | None]
 
 
-def native_decode(config: EngineConfig) -> bool:
-    """Whether decodes attend through the native kernel (`EngineConfig.attention`); raises ValueError when
-    `native` was asked for and the kernel cannot be built."""
-    if config.attention == "torch" or torch.device(config.device).type != "cpu":
+def native_kernels(config: EngineConfig) -> bool:
+    """Whether the forward pass uses the C++ kernels (`EngineConfig.kernels`); raises ValueError when
+    `native` was asked for and they cannot be built."""
+    if config.kernels == "torch" or torch.device(config.device).type != "cpu":
         return False
     if native.load():
         return True
-    if config.attention == "native":
+    if config.kernels == "native":
         raise ValueError(
-            "attention native: the C++ kernel could not be built (see the log); use auto or torch"
+            "kernels native: the C++ kernels could not be built (see the log); use auto or torch"
         )
     return False
 
@@ -48,11 +48,13 @@ class ModelRunner:
             checkpoint_config, num_blocks, config.block_size, config.torch_dtype(), self.device
         )
         self.sampler = Sampler(self.device, config.seed)
-        self.native_decode = native_decode(config)
+        self.native_decode = native_kernels(config)
         self.compiled_decode: CompiledDecode | None = None
         if config.compile:
             self.compiled_decode = CompiledDecode(model)
             self.compiled_decode.warm_up(self.kv_cache, config.block_size, self.native_decode)
+        # Fused elementwise kernels in the eager forward (a compiled graph fuses its own).
+        model.fused = self.native_decode and self.compiled_decode is None
 
     def prepare(
         self, batch: list[tuple[Sequence, int]]

@@ -1,10 +1,11 @@
 """The engine's C++ kernels (``csrc/``), compiled for this machine on first use and cached.
 
-``load()`` builds ``csrc/paged_attention.cpp`` with torch's extension builder (ninja + the system C++
-compiler, ``-O3 -march=native``) into torch's extension cache (``TORCH_EXTENSIONS_DIR``, default
-``~/.cache/torch_extensions``) and registers ``torch.ops.nereid_native.*``. The build is keyed by the source
-and the CPU's instruction-set flags, so a cache shared between different machines never hands one a binary
-built for the other. The first build takes ~30-60 s on 2 cores (``make install`` runs it ahead:
+``load()`` builds the ``csrc/*.cpp`` files with torch's extension builder (ninja + the system C++ compiler,
+``-O3 -march=native``) into torch's extension cache (``TORCH_EXTENSIONS_DIR``, default
+``~/.cache/torch_extensions``) and registers ``torch.ops.nereid_native.*``. The build is keyed by every
+``csrc`` file (headers included) and the CPU's instruction-set flags, so a cache shared between different
+machines never hands one a binary built for the other. ``-ffp-contract=off`` keeps ``a * b + c`` two
+roundings, as PyTorch's elementwise ops compute it. The first build takes ~30-60 s on 2 cores (``make install`` runs it ahead:
 ``python -m nereid.backends.llm.native``); later loads take milliseconds. Where the build fails (no compiler),
 ``load()`` returns False once with the reason logged, and callers keep their pure-PyTorch paths.
 """
@@ -21,18 +22,21 @@ import torch
 
 log = logging.getLogger(__name__)
 
-_SOURCES = (Path(__file__).resolve().parent / "csrc" / "paged_attention.cpp",)
+_CSRC = Path(__file__).resolve().parent / "csrc"
 
 
-def _cpu_tag() -> str:
-    """A short hash of the CPU's instruction-set flags (what -march=native compiles for)."""
+def _build_tag() -> str:
+    """A short hash of the kernels' files and the CPU's instruction-set flags (what -march=native targets)."""
     try:
         flags = next(
             line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")
         )
     except (OSError, StopIteration):
         flags = ""
-    return hashlib.sha256(flags.encode()).hexdigest()[:8]
+    digest = hashlib.sha256(flags.encode())
+    for path in sorted(_CSRC.iterdir()):
+        digest.update(path.name.encode() + path.read_bytes())
+    return digest.hexdigest()[:10]
 
 
 @functools.cache
@@ -45,9 +49,9 @@ def load() -> bool:
         from torch.utils import cpp_extension
 
         cpp_extension.load(
-            name=f"nereid_native_{_cpu_tag()}",
-            sources=[str(s) for s in _SOURCES],
-            extra_cflags=["-O3", "-march=native", "-fopenmp"],
+            name=f"nereid_native_{_build_tag()}",
+            sources=[str(p) for p in sorted(_CSRC.glob("*.cpp"))],
+            extra_cflags=["-O3", "-march=native", "-fopenmp", "-ffp-contract=off"],
             extra_ldflags=["-fopenmp"],
             is_python_module=False,
             verbose=False,
@@ -80,6 +84,39 @@ def paged_decode_attention(
     return torch.ops.nereid_native.paged_decode_attention(q, kv_cache, block_tables, context_lens, scale)
 
 
-if __name__ == "__main__":
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm of each row of x [tokens, hidden], rounded like `models.llama.RMSNorm`."""
+    return torch.ops.nereid_native.rms_norm(x, weight, eps)
+
+
+def add_rms_norm(
+    x: torch.Tensor, delta: torch.Tensor, weight: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(x + delta, rms_norm(x + delta))``: the residual stream and the next sub-layer's input."""
+    return torch.ops.nereid_native.add_rms_norm(x, delta, weight, eps)
+
+
+def rope_write_kv(
+    qkv: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    kv_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,
+    heads: int,
+    kv_heads: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotary embedding of the fused projection's q and k; stores the rotated k and the v at
+    `slot_mapping` in one layer's cache. Returns q [tokens, heads, head_dim] and k [tokens, kv_heads, head_dim].
+    """
+    return torch.ops.nereid_native.rope_write_kv(qkv, cos, sin, kv_cache, slot_mapping, heads, kv_heads)
+
+
+def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
+    """SwiGLU's ``silu(gate) * up`` of the fused projection's output [tokens, 2 * intermediate]."""
+    return torch.ops.nereid_native.silu_mul(gate_up)
+
+
+def main() -> None:
+    """Build now (``make install`` / ``make test`` run this so that no model load waits for the compiler)."""
     logging.basicConfig(level=logging.INFO)
     print("native LLM kernels:", "built" if load() else "unavailable")

@@ -66,7 +66,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "max_grammar_bytes": _size,
     "max_schema_depth": _int,
     "num_threads": _int,
-    "attention": str.strip,
+    "kernels": str.strip,
 }
 PATH_PARAMETERS = ("model", "tokenizer")
 SPECULATIVE = "speculative_config"

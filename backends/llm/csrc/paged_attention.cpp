@@ -14,9 +14,7 @@
 #include <limits>
 #include <vector>
 
-#if defined(__AVX512F__)
-#include <immintrin.h>
-#endif
+#include "vec.h"
 
 namespace nereid {
 namespace {
@@ -61,30 +59,6 @@ void attend_scalar(const float* q, const T* keys, const int64_t* blocks, int64_t
 }
 
 #if defined(__AVX512F__)
-inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
-inline __m512 load16(const c10::BFloat16* p) {
-  const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
-}
-
-// e^x for the softmax's arguments (x <= 0): x = n ln2 + r with |r| <= ln2 / 2, e^r by its degree-6 Taylor
-// polynomial (relative error < 2e-7), times 2^n. Arguments below -87 give e^-87 (~1.6e-38), not 0.
-inline __m512 exp16(__m512 x) {
-  x = _mm512_max_ps(x, _mm512_set1_ps(-87.f));
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187045e-06f), r);
-  __m512 p = _mm512_set1_ps(1.f / 720);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 120));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 24));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 6));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f));
-  return _mm512_scalef_ps(p, n);
-}
-
 // The same computation with head_dim = 16 * C and G query heads per KV head fixed at compile time, so each
 // pass keeps its G x C accumulators in registers.
 template <typename T, int C, int G>
@@ -194,7 +168,11 @@ void run(const at::Tensor& q, const at::Tensor& kv_cache, const at::Tensor& bloc
   T* op = out.data_ptr<T>();
   const AttendFn<T> attend = pick<T>(hd, l.group);
   const float fscale = static_cast<float>(scale);
-  at::parallel_for(0, n * kvh, 1, [&](int64_t begin, int64_t end) {
+  // Below ~4K (token, KV head) pairs of context the whole call takes microseconds: one thread, no wake-up.
+  int64_t pairs = 0;
+  for (int64_t i = 0; i < n; ++i) pairs += lens[i] * kvh;
+  const int64_t grain = pairs < 4096 ? n * kvh : 1;
+  at::parallel_for(0, n * kvh, grain, [&](int64_t begin, int64_t end) {
     std::vector<float> qf(l.group * hd), acc(l.group * hd), scores;
     for (int64_t item = begin; item < end; ++item) {
       const int64_t seq = item / kvh, kv = item % kvh, ctx = lens[seq];

@@ -8,10 +8,12 @@ stacks the checkpoint's tensors into them.
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 from torch import nn
 
+from nereid.backends.llm import native
 from nereid.backends.llm.attention import AttentionMetadata, paged_attention
 from nereid.backends.llm.config import CheckpointConfig
 
@@ -97,6 +99,21 @@ class Attention(nn.Module):
         q, k, v = qk[:, :heads], qk[:, heads:], qkv[:, heads + kvh :]
         return self.o_proj(paged_attention(q, k, v, kv_cache, meta).view(n, -1))
 
+    def forward_fused(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        kv_cache: torch.Tensor,
+        meta: AttentionMetadata,
+    ) -> torch.Tensor:
+        """`forward` with the rotary embedding and the K/V cache write as one native kernel."""
+        n, heads, kvh = x.shape[0], self.num_heads, self.num_kv_heads
+        qkv = self.qkv_proj(x)
+        q, k = native.rope_write_kv(qkv, cos, sin, kv_cache, meta.slot_mapping, heads, kvh)
+        v = qkv.view(n, heads + 2 * kvh, self.head_dim)[:, heads + kvh :]
+        return self.o_proj(paged_attention(q, k, v, kv_cache, meta, written=True).view(n, -1))
+
 
 class MLP(nn.Module):
     """SwiGLU with the checkpoint's gate_proj and up_proj packed into one `gate_up_proj`."""
@@ -145,6 +162,9 @@ class LlamaForCausalLM(nn.Module):
     `compute_logits(hidden)` projects the rows that need sampling. `kv_cache` is the whole
     [num_layers, 2, num_blocks, block_size, kv_heads, head_dim] tensor; layer i uses `kv_cache[i]`."""
 
+    fused = False
+    """Run `forward` through the native fused kernels (set by the model runner when they are built)."""
+
     def __init__(self, cfg: CheckpointConfig) -> None:
         super().__init__()
         self.config = cfg
@@ -168,9 +188,33 @@ class LlamaForCausalLM(nn.Module):
         freqs = positions[:, None].float() * self.inv_freq[None, :].float()
         emb = torch.cat((freqs, freqs), dim=-1)[:, None, :]  # [tokens, 1, head_dim]
         cos, sin = emb.cos().to(x.dtype), emb.sin().to(x.dtype)
+        if self.fused:
+            return self._forward_fused(x, cos, sin, kv_cache, meta)
         for i, layer in enumerate(self.model.layers):
             x = layer(x, cos, sin, kv_cache[i], meta)
         return self.model.norm(x)
+
+    def _forward_fused(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        kv_cache: torch.Tensor,
+        meta: AttentionMetadata,
+    ) -> torch.Tensor:
+        """The same layers with each residual add fused into the RMSNorm after it (`x, h = x + delta,
+        norm(x + delta)`), the next layer's input norm taking the place of the layer's last add: per layer,
+        the four projections and five native kernels instead of ~40 PyTorch ops."""
+        layers = cast(list[DecoderLayer], list(self.model.layers))
+        norms = [*(layer.input_layernorm for layer in layers[1:]), self.model.norm]
+        h = native.rms_norm(x, layers[0].input_layernorm.weight, layers[0].input_layernorm.eps)
+        for i, layer in enumerate(layers):
+            attn = layer.self_attn.forward_fused(h, cos, sin, kv_cache[i], meta)
+            post = layer.post_attention_layernorm
+            x, h = native.add_rms_norm(x, attn, post.weight, post.eps)
+            mlp = layer.mlp.down_proj(native.silu_mul(layer.mlp.gate_up_proj(h)))
+            x, h = native.add_rms_norm(x, mlp, norms[i].weight, norms[i].eps)
+        return h
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head(hidden).float()

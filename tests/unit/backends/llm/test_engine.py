@@ -186,16 +186,17 @@ def test_num_threads_sets_torchs_threads_and_keeps_the_answer(make_engine, run, 
         make_engine(num_threads=0)
 
 
-def test_attention_native_and_torch_give_the_same_tokens(make_engine, run, collect_tokens):
+def test_native_and_torch_kernels_give_the_same_tokens(make_engine, run, collect_tokens):
     from nereid.backends.llm import native
 
     if not native.load():
         pytest.skip("the native kernels did not build here")
-    engine = make_engine(attention="native")
-    assert engine.model_runner.native_decode
-    assert not make_engine(attention="torch").model_runner.native_decode
-    assert greedy_tokens(make_engine, run, collect_tokens, n=24, attention="native") == greedy_tokens(
-        make_engine, run, collect_tokens, n=24, attention="torch"
+    engine = make_engine(kernels="native")
+    assert engine.model_runner.native_decode and engine.model_runner.model.fused
+    torch_engine = make_engine(kernels="torch")
+    assert not torch_engine.model_runner.native_decode and not torch_engine.model_runner.model.fused
+    assert greedy_tokens(make_engine, run, collect_tokens, n=24, kernels="native") == greedy_tokens(
+        make_engine, run, collect_tokens, n=24, kernels="torch"
     )
-    with pytest.raises(ValueError, match="attention must be one of auto, native, torch"):
-        make_engine(attention="flash")
+    with pytest.raises(ValueError, match="kernels must be one of auto, native, torch"):
+        make_engine(kernels="fast")
