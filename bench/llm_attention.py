@@ -8,6 +8,9 @@ SmolLM2-135M's shapes (9 query heads sharing 3 KV heads, head_dim 64, 8-token bl
   (``kv[:, blocks]``, the old form) against one ``index_select`` over the leading axis, keys' and values' blocks together (the engine's);
 - ``prefill``: a causal chunk through ``scaled_dot_product_attention`` with 3-D inputs (torch's math path)
   against 4-D inputs (a batch of one: torch's CPU flash kernel, the engine's);
+- ``native``: a decode batch's attention as the engine did it before (gather + SDPA, padded to the longest
+  context, ``kernels: torch``) against the native C++ kernel that reads the paged cache in place
+  (``backends/llm/csrc/paged_attention.cpp``, the engine's default), on contexts spread over ±50%;
 - ``decode`` (``--compiled``): the engine's gather + SDPA against attention written as reductions that read
   the cache through the block table and compiled by Inductor (no gathered copy: the design that would halve
   the bytes attention moves, if Inductor's loops were as fast as the copy).
@@ -90,6 +93,30 @@ def gather_and_decode(batch: int, context: int, dtype: torch.dtype, compiled: bo
     )
 
 
+def native_decode(batch: int, context: int, dtype: torch.dtype) -> None:
+    from nereid.backends.llm import native
+    from nereid.backends.llm.attention import _attend_decodes
+
+    if not native.load():
+        print("native kernels did not build: no native rows")
+        return
+    blocks_total = max(6000, 2 * batch * context // BLOCK + 1)
+    kv = torch.randn(2, blocks_total, BLOCK, KV_HEADS, HEAD_DIM).to(dtype)
+    lens = torch.randint(context // 2, context * 3 // 2 + 1, (batch,)).sort().values
+    longest = int(lens.max())
+    tables = torch.stack([torch.randperm(blocks_total)[: -(-longest // BLOCK)] for _ in range(batch)])
+    q = torch.randn(batch, KV_HEADS * GROUP, HEAD_DIM).to(dtype)
+
+    def gathered() -> torch.Tensor:
+        return _attend_decodes(q, kv, tables, lens, longest, BLOCK)
+
+    def in_place() -> torch.Tensor:
+        return _attend_decodes(q, kv, tables, lens, 0, BLOCK, use_native=True)
+
+    error = (gathered().float() - in_place().float()).abs().max().item()
+    row(f"native {dtype} b={batch} (err {error:.1e})", timed(gathered), timed(in_place))
+
+
 def prefill(length: int, dtype: torch.dtype) -> None:
     heads = KV_HEADS * GROUP
     q, k, v = (torch.randn(n, length, HEAD_DIM).to(dtype) for n in (heads, KV_HEADS, KV_HEADS))
@@ -118,6 +145,7 @@ def main() -> None:
     for dtype in (torch.bfloat16, torch.float32):
         for batch in map(int, args.batch.split(",")):
             gather_and_decode(batch, args.context, dtype, args.compiled)
+            native_decode(batch, args.context, dtype)
         for length in (64, 256, 512):
             prefill(length, dtype)
 
