@@ -1,6 +1,6 @@
 """The engine's C++ kernels (``csrc/``), compiled for this machine on first use and cached.
 
-``load()`` builds ``csrc/paged_attention.cpp`` with torch's extension builder (ninja + the system C++
+``load()`` builds ``csrc/*.cpp`` (paged attention, the Q8_0 linear) with torch's extension builder (ninja + the system C++
 compiler, ``-O3 -march=native``) into torch's extension cache (``TORCH_EXTENSIONS_DIR``, default
 ``~/.cache/torch_extensions``) and registers ``torch.ops.nereid_native.*``. The build is keyed by the source
 and the CPU's instruction-set flags, so a cache shared between different machines never hands one a binary
@@ -21,7 +21,8 @@ import torch
 
 log = logging.getLogger(__name__)
 
-_SOURCES = (Path(__file__).resolve().parent / "csrc" / "paged_attention.cpp",)
+_CSRC = Path(__file__).resolve().parent / "csrc"
+_SOURCES = (_CSRC / "paged_attention.cpp", _CSRC / "q8_0_linear.cpp")
 
 
 def _cpu_tag() -> str:
@@ -78,6 +79,13 @@ def paged_decode_attention(
     context_lens [n] int64. Reads the cache in place; returns [n, heads, head_dim]. Call only after `load()`.
     """
     return torch.ops.nereid_native.paged_decode_attention(q, kv_cache, block_tables, context_lens, scale)
+
+
+def q8_0_linear(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """``x @ W.T`` for x [M, K] (float32 or bfloat16, quantised per 32-block on the fly) and W packed by
+    `q8_0.pack` (weight [N, Kp] uint8, scales [N, Kp / 32] float32); [M, N] in x's dtype. Call after `load()`.
+    """
+    return torch.ops.nereid_native.q8_0_linear(x, weight, scales)
 
 
 if __name__ == "__main__":
