@@ -131,9 +131,13 @@ class EngineConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.weights not in ("float", "int8", "int4", "q8_0"):
             raise ValueError(f"weights must be float, int8, int4 or q8_0, got {self.weights!r}")
-        if self.weights == "q8_0" and (self.device != "cpu" or self.dtype not in ("auto", "float32", "bfloat16")):
+        if self.weights == "q8_0" and (
+            self.device != "cpu" or self.dtype not in ("auto", "float32", "bfloat16")
+        ):
             raise ValueError("weights=q8_0 needs device cpu and dtype float32 or bfloat16 (a CPU kernel)")
-        if self.weights in ("int8", "int4") and (self.device != "cpu" or self.dtype not in ("auto", "float32")):
+        if self.weights in ("int8", "int4") and (
+            self.device != "cpu" or self.dtype not in ("auto", "float32")
+        ):
             raise ValueError(
                 f"weights={self.weights} needs device cpu and dtype float32 (torch's CPU kernels)"
             )

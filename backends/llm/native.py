@@ -81,11 +81,10 @@ def paged_decode_attention(
     return torch.ops.nereid_native.paged_decode_attention(q, kv_cache, block_tables, context_lens, scale)
 
 
-def q8_0_linear(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
-    """``x @ W.T`` for x [M, K] (float32 or bfloat16, quantised per 32-block on the fly) and W packed by
-    `q8_0.pack` (weight [N, Kp] uint8, scales [N, Kp / 32] float32); [M, N] in x's dtype. Call after `load()`.
-    """
-    return torch.ops.nereid_native.q8_0_linear(x, weight, scales)
+def q8_0_linear(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, n_out: int) -> torch.Tensor:
+    """``x @ W.T`` for x [M, K] (float32 or bfloat16, quantised per 32-block on the fly) and the N = `n_out`
+    rows of W packed by `q8_0.pack`; [M, N] in x's dtype. Call after `load()`."""
+    return torch.ops.nereid_native.q8_0_linear(x, weight, scales, n_out)
 
 
 if __name__ == "__main__":

@@ -16,32 +16,33 @@ from torch import nn
 from nereid.backends.llm import native
 
 BLOCK = 32
-_CHUNK = 64  # the kernel's unit: two blocks interleaved by 4-byte quads
+GROUP = 16  # output rows interleaved together (the kernel's vector width in int32 lanes)
 
 
 def pack(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """[N, K] float -> (weight [N, Kp] uint8, scales [N, Kp / 32] float32), Kp = K rounded up to 64.
+    """[N, K] float -> (weight [G, K / 32, 512] uint8, scales [G, K / 32, 16] float32), G = ceil(N / 16).
 
-    ``w ≈ (weight - 128) * scale`` block by block (symmetric, |q| <= 127); within each 64-byte chunk the two
-    blocks are interleaved by 4-byte quads (the kernel's lane order). Padding blocks are zero with scale 0.
+    ``w ≈ (q - 128) * scale`` block by block (symmetric, |q - 128| <= 127). Rows go in groups of 16; a group's
+    block holds 8 quads x 16 rows x 4 bytes (the kernel's lane order). Rows past N are zero with scale 0.
     """
     n, k = w.shape
     if k % BLOCK:
         raise ValueError(f"q8_0 weights need the input size ({k}) to be a multiple of {BLOCK}")
-    kp = -(-k // _CHUNK) * _CHUNK
-    w = torch.nn.functional.pad(w.detach().float(), (0, kp - k)).reshape(n, kp // BLOCK, BLOCK)
-    scale = w.abs().amax(-1) / 127
+    g, kb = -(-n // GROUP), k // BLOCK
+    w = torch.nn.functional.pad(w.detach().float(), (0, 0, 0, g * GROUP - n)).reshape(g, GROUP, kb, BLOCK)
+    scale = w.abs().amax(-1) / 127  # [g, 16, kb]
     q = torch.round(w / scale.clamp_min(1e-30)[..., None]).clamp(-127, 127).to(torch.int16) + 128
-    q = q.to(torch.uint8).reshape(n, kp // _CHUNK, 2, 8, 4).transpose(2, 3).reshape(n, kp)
-    return q.contiguous(), scale.contiguous()
+    q = q.to(torch.uint8).reshape(g, GROUP, kb, 8, 4).permute(0, 2, 3, 1, 4).reshape(g, kb, 8 * GROUP * 4)
+    return q.contiguous(), scale.transpose(1, 2).contiguous()
 
 
-def unpack(weight: torch.Tensor, scales: torch.Tensor, k: int) -> torch.Tensor:
-    """The float rows `pack` stands for ([..., Kp] uint8 rows and their scales -> [..., K] float32)."""
-    lead, kp = weight.shape[:-1], weight.shape[-1]
-    q = weight.reshape(*lead, kp // _CHUNK, 8, 2, 4).transpose(-3, -2).reshape(*lead, kp // BLOCK, BLOCK)
-    w = (q.float() - 128) * scales[..., None]
-    return w.reshape(*lead, kp)[..., :k]
+def unpack_rows(weight: torch.Tensor, scales: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """The float rows (indices `rows`, any shape) that `pack` stands for: [*rows.shape, K] float32."""
+    g, kb = weight.shape[:2]
+    group, lane = rows // GROUP, rows % GROUP
+    q = weight.view(g, kb, 8, GROUP, 4)[group, :, :, lane, :]  # [*rows, kb, 8, 4]
+    w = (q.float() - 128).reshape(*rows.shape, kb, BLOCK) * scales[group, :, lane][..., None]
+    return w.reshape(*rows.shape, kb * BLOCK)
 
 
 class Q8_0Linear(nn.Module):
@@ -50,20 +51,22 @@ class Q8_0Linear(nn.Module):
     weight: torch.Tensor
     scales: torch.Tensor
 
-    def __init__(self, weight: torch.Tensor, scales: torch.Tensor, in_features: int, bias: torch.Tensor | None):
+    def __init__(
+        self, weight: torch.Tensor, scales: torch.Tensor, out_features: int, bias: torch.Tensor | None
+    ) -> None:
         super().__init__()
-        self.in_features, self.out_features = in_features, weight.shape[0]
+        self.in_features, self.out_features = weight.shape[1] * BLOCK, out_features
         self.register_buffer("weight", weight)
         self.register_buffer("scales", scales)
         self.bias = None if bias is None else nn.Parameter(bias.detach(), requires_grad=False)
 
     @classmethod
     def of(cls, linear: nn.Linear) -> Q8_0Linear:
-        return cls(*pack(linear.weight), linear.in_features, linear.bias)
+        return cls(*pack(linear.weight), linear.out_features, linear.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features)
-        out = native.q8_0_linear(flat, self.weight, self.scales)
+        out = native.q8_0_linear(flat, self.weight, self.scales, self.out_features)
         if self.bias is not None:
             out = out + self.bias.to(out.dtype)
         return out.reshape(*x.shape[:-1], self.out_features)
@@ -75,11 +78,11 @@ class Q8_0Embedding(nn.Module):
     weight: torch.Tensor
     scales: torch.Tensor
 
-    def __init__(self, weight: torch.Tensor, scales: torch.Tensor, dim: int, dtype: torch.dtype) -> None:
+    def __init__(self, weight: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype) -> None:
         super().__init__()
         self.register_buffer("weight", weight)
         self.register_buffer("scales", scales)
-        self.dim, self.dtype = dim, dtype
+        self.dtype = dtype
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return unpack(self.weight[ids], self.scales[ids], self.dim).to(self.dtype)
+        return unpack_rows(self.weight, self.scales, ids).to(self.dtype)

@@ -140,7 +140,7 @@ def _quantize_q8_0(model: LlamaForCausalLM) -> LlamaForCausalLM:
     table = model.model.embed_tokens.weight
     if model.config.tie_word_embeddings:
         head = Q8_0Linear.of(model.lm_head)
-        embed = Q8_0Embedding(head.weight, head.scales, table.shape[1], table.dtype)
+        embed = Q8_0Embedding(head.weight, head.scales, table.dtype)
         model.model.embed_tokens = embed  # type: ignore[assignment]  # the LM head's tensors, shared
         model.lm_head = head  # type: ignore[assignment]
     else:

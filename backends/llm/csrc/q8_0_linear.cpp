@@ -3,12 +3,13 @@
 // so an activation outlier only coarsens its own block. Registered as `torch.ops.nereid_native.q8_0_linear`;
 // the packing is backends/llm/q8_0.py's `pack`.
 //
-// Layout (K padded to a multiple of 64 with zero blocks of scale 0): a row is K/64 chunks of 64 bytes, each two
-// blocks interleaved by 4-byte quads (quad i of block 0, quad i of block 1, ...), stored as u8 = q + 128. One
-// `vpdpbusd` (u8 x s8, 4 products summed per 32-bit lane) over a chunk then leaves block 0's partial sums in the
-// even lanes and block 1's in the odd ones, and one 8-byte broadcast of the two block scales lines up with
-// them: no horizontal sum per block. The +128 offset is taken back through the accumulator's start value,
-// -128 * (sum of the activation quad), computed once per token, not per weight row.
+// Layout: output rows in groups of 16; per (group, block) 512 bytes = 8 quads x 16 rows x 4 bytes (row r's
+// elements 4q..4q+3 of the block at [q][r]), stored as u8 = q + 128, and 16 float scales. One `vpdpbusd`
+// (u8 x s8, 4 products summed per 32-bit lane) of a quad row with one broadcast activation quad adds 4 terms to
+// each of the 16 rows' dot products, so a block is 8 instructions for 16 rows with no horizontal sums, and the
+// block's int32 results are scaled by the 16 weight scales times the token's block scale in one multiply-add.
+// The +128 offset is taken back through the accumulator's start value, -128 * (sum of the activation block),
+// computed once per token. A task's weight rows stay in cache while every token of the call passes over them.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <c10/util/BFloat16.h>
@@ -20,197 +21,193 @@
 #include <cstring>
 #include <vector>
 
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) && defined(__AVX512VNNI__)
 #include <immintrin.h>
+#define NEREID_Q8_VNNI 1
 #endif
 
 namespace nereid {
 namespace {
 
 constexpr int64_t kBlock = 32;
-constexpr int64_t kChunk = 64;
+constexpr int64_t kGroup = 16;  // output rows per packed group
+constexpr int64_t kGroupBytes = kGroup * kBlock;  // one block of one group
 
-// Activations of M tokens, quantised: per token Kp bytes (interleaved like the weights), Kp / 32 scales and,
-// per chunk, 16 int32 start values for the accumulator (-128 * each lane's quad sum).
+// The call's activations quantised: per token K bytes (int8) and, per block, the scale and the accumulator's
+// start value -128 * sum (int32; the block sums of |q| <= 127 stay far inside int32 with the dot products).
 struct QuantX {
   std::vector<int8_t> q;
   std::vector<float> scale;
   std::vector<int32_t> start;
+  int64_t blocks = 0;
+  const int8_t* row(int64_t r) const { return q.data() + r * blocks * kBlock; }
 };
 
-// Position inside a 64-byte chunk of element e (0..31) of the chunk's block h (0 or 1).
-inline int64_t interleaved(int64_t h, int64_t e) { return (e / 4) * 8 + h * 4 + e % 4; }
-
 template <typename T>
-void quantize_rows(const T* x, int64_t m, int64_t k, int64_t kp, QuantX& out) {
-  const int64_t chunks = kp / kChunk;
-  out.q.assign(m * kp, 0);
-  out.scale.assign(m * (kp / kBlock), 0.f);
-  out.start.assign(m * chunks * 16, 0);
+void quantize_rows(const T* x, int64_t m, int64_t blocks, QuantX& out) {
+  out.blocks = blocks;
+  out.q.resize(m * blocks * kBlock);
+  out.scale.resize(m * blocks);
+  out.start.resize(m * blocks);
   at::parallel_for(0, m, 16, [&](int64_t begin, int64_t end) {
-    float vals[kBlock];
-    for (int64_t r = begin; r < end; ++r) {
-      const T* row = x + r * k;
-      for (int64_t b = 0; b < kp / kBlock; ++b) {
-        const int64_t n = std::max<int64_t>(0, std::min<int64_t>(kBlock, k - b * kBlock));
-        float amax = 0.f;
-        for (int64_t e = 0; e < kBlock; ++e) {
-          vals[e] = e < n ? static_cast<float>(row[b * kBlock + e]) : 0.f;
-          amax = std::max(amax, std::fabs(vals[e]));
-        }
-        const float d = amax / 127.f, id = amax > 0.f ? 127.f / amax : 0.f;
-        out.scale[r * (kp / kBlock) + b] = d;
-        int8_t* chunk = out.q.data() + r * kp + (b / 2) * kChunk;
-        int32_t* start = out.start.data() + (r * chunks + b / 2) * 16;
-        for (int64_t e = 0; e < kBlock; ++e) {
-          const int8_t v = static_cast<int8_t>(std::nearbyint(vals[e] * id));  // |v| <= 127
-          const int64_t pos = interleaved(b % 2, e);
-          chunk[pos] = v;
-          start[pos / 4] -= 128 * v;
-        }
+    for (int64_t i = begin * blocks; i < end * blocks; ++i) {  // i: a block of a token
+      const T* src = x + i * kBlock;
+      float amax = 0.f;
+      for (int64_t e = 0; e < kBlock; ++e) amax = std::max(amax, std::fabs(static_cast<float>(src[e])));
+      const float inv = amax > 0.f ? 127.f / amax : 0.f;
+      int32_t sum = 0;
+      for (int64_t e = 0; e < kBlock; ++e) {
+        const int8_t v = static_cast<int8_t>(std::nearbyint(static_cast<float>(src[e]) * inv));  // |v| <= 127
+        out.q[i * kBlock + e] = v;
+        sum += v;
       }
+      out.scale[i] = amax / 127.f;
+      out.start[i] = -128 * sum;
     }
   });
 }
 
+struct Weights {
+  const uint8_t* q;  // [groups, blocks, 8, 16, 4]
+  const float* scale;  // [groups, blocks, 16]
+  int64_t blocks;
+};
+
+// Writes out[r, g * 16 + l] for l < valid (the last group may be padding past the real rows).
 template <typename T>
-inline void store(T* out, float v) {
-  *out = static_cast<T>(v);
+void store_group(T* out, int64_t n_out, int64_t r, int64_t g, const float* vals) {
+  const int64_t valid = std::min(kGroup, n_out - g * kGroup);
+  for (int64_t l = 0; l < valid; ++l) out[r * n_out + g * kGroup + l] = static_cast<T>(vals[l]);
 }
 
-// out[r, n] for tokens [r0, r0 + R) and weight rows [n0, n0 + C), scalar (any CPU); same lane order as AVX512.
+// Tokens [r0, r0 + R) x groups [g0, g0 + C), any CPU; the same sums as the AVX512 path, in another order.
 template <typename T>
-void tile_scalar(const QuantX& xq, const uint8_t* w, const float* ws, int64_t kp, int64_t r0, int64_t R,
-                 int64_t n0, int64_t C, int64_t n_out, T* out) {
-  const int64_t chunks = kp / kChunk, blocks = kp / kBlock;
+void tile_scalar(const QuantX& xq, const Weights& w, int64_t r0, int64_t R, int64_t g0, int64_t C,
+                 int64_t n_out, T* out) {
   for (int64_t r = r0; r < r0 + R; ++r) {
-    const int8_t* x = xq.q.data() + r * kp;
-    const float* xs = xq.scale.data() + r * blocks;
-    const int32_t* start = xq.start.data() + r * chunks * 16;
-    for (int64_t n = n0; n < n0 + C; ++n) {
-      const uint8_t* wr = w + n * kp;
-      float acc = 0.f;
-      for (int64_t c = 0; c < chunks; ++c) {
-        int32_t d[2] = {0, 0};
-        for (int64_t l = 0; l < 16; ++l) d[l % 2] += start[c * 16 + l];
-        for (int64_t p = 0; p < kChunk; ++p) d[(p / 4) % 2] += int32_t(wr[c * kChunk + p]) * x[c * kChunk + p];
-        for (int64_t h = 0; h < 2; ++h) acc += float(d[h]) * (ws[n * blocks + 2 * c + h] * xs[2 * c + h]);
+    const int8_t* x = xq.row(r);
+    for (int64_t g = g0; g < g0 + C; ++g) {
+      float acc[kGroup] = {};
+      for (int64_t b = 0; b < w.blocks; ++b) {
+        const uint8_t* wb = w.q + (g * w.blocks + b) * kGroupBytes;
+        const float* ws = w.scale + (g * w.blocks + b) * kGroup;
+        const float xs = xq.scale[r * w.blocks + b];
+        for (int64_t l = 0; l < kGroup; ++l) {
+          int32_t d = xq.start[r * w.blocks + b];
+          for (int64_t e = 0; e < kBlock; ++e) d += int32_t(wb[(e / 4) * 64 + l * 4 + e % 4]) * x[b * kBlock + e];
+          acc[l] += float(d) * (ws[l] * xs);
+        }
       }
-      store(out + r * n_out + n, acc);
+      store_group(out, n_out, r, g, acc);
     }
   }
 }
 
-#if defined(__AVX512F__) && defined(__AVX512VNNI__)
-// R tokens x C weight rows, each weight chunk loaded once for the R tokens. Per (token, row, chunk): one
-// vpdpbusd, one convert, one multiply of the scales, one fma.
+#if NEREID_Q8_VNNI
+inline __m512i bcast32(const int8_t* p) {
+  int32_t v;
+  std::memcpy(&v, p, sizeof(v));
+  return _mm512_set1_epi32(v);
+}
+
+// R tokens x C groups (16 rows each): a block's 8 C weight vectors are loaded once for the R tokens.
 template <typename T, int R, int C>
-void tile_avx512(const QuantX& xq, const uint8_t* w, const float* ws, int64_t kp, int64_t r0, int64_t n0,
-                 int64_t n_out, T* out) {
-  const int64_t chunks = kp / kChunk, blocks = kp / kBlock;
+void tile_avx512(const QuantX& xq, const Weights& w, int64_t r0, int64_t g0, int64_t n_out, T* out) {
   __m512 acc[R][C];
   for (int i = 0; i < R; ++i)
     for (int j = 0; j < C; ++j) acc[i][j] = _mm512_setzero_ps();
-  for (int64_t c = 0; c < chunks; ++c) {
-    __m512i wv[C];
-    __m512 wsv[C];
+  for (int64_t b = 0; b < w.blocks; ++b) {
+    __m512i wv[C][8];
+    __m512 ws[C];
     for (int j = 0; j < C; ++j) {
-      wv[j] = _mm512_loadu_si512(w + (n0 + j) * kp + c * kChunk);
-      double pair;  // the chunk's two block scales: lanes alternate (even: block 0, odd: block 1)
-      std::memcpy(&pair, ws + (n0 + j) * blocks + 2 * c, sizeof(pair));
-      wsv[j] = _mm512_castpd_ps(_mm512_set1_pd(pair));
+      const uint8_t* wb = w.q + ((g0 + j) * w.blocks + b) * kGroupBytes;
+      for (int q = 0; q < 8; ++q) wv[j][q] = _mm512_loadu_si512(wb + q * 64);
+      ws[j] = _mm512_loadu_ps(w.scale + ((g0 + j) * w.blocks + b) * kGroup);
     }
     for (int i = 0; i < R; ++i) {
-      const int64_t r = r0 + i;
-      const __m512i xv = _mm512_loadu_si512(xq.q.data() + r * kp + c * kChunk);
-      const __m512i sv = _mm512_loadu_si512(xq.start.data() + (r * chunks + c) * 16);
-      double pair;
-      std::memcpy(&pair, xq.scale.data() + r * blocks + 2 * c, sizeof(pair));
-      const __m512 xsv = _mm512_castpd_ps(_mm512_set1_pd(pair));
-      for (int j = 0; j < C; ++j) {
-        const __m512i d = _mm512_dpbusd_epi32(sv, wv[j], xv);
-        acc[i][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), _mm512_mul_ps(wsv[j], xsv), acc[i][j]);
+      const int64_t xb = (r0 + i) * w.blocks + b;
+      const int8_t* x = xq.q.data() + xb * kBlock;
+      const __m512 xs = _mm512_set1_ps(xq.scale[xb]);
+      const __m512i start = _mm512_set1_epi32(xq.start[xb]);
+      __m512i d[C];
+      for (int j = 0; j < C; ++j) d[j] = start;
+      for (int q = 0; q < 8; ++q) {
+        const __m512i xv = bcast32(x + 4 * q);
+        for (int j = 0; j < C; ++j) d[j] = _mm512_dpbusd_epi32(d[j], wv[j][q], xv);
       }
+      for (int j = 0; j < C; ++j)
+        acc[i][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d[j]), _mm512_mul_ps(ws[j], xs), acc[i][j]);
     }
   }
+  alignas(64) float vals[kGroup];
   for (int i = 0; i < R; ++i)
-    for (int j = 0; j < C; ++j) store(out + (r0 + i) * n_out + n0 + j, _mm512_reduce_add_ps(acc[i][j]));
+    for (int j = 0; j < C; ++j) {
+      _mm512_store_ps(vals, acc[i][j]);
+      store_group(out, n_out, r0 + i, g0 + j, vals);
+    }
 }
 
-template <typename T, int R>
-void tile_rows(const QuantX& xq, const uint8_t* w, const float* ws, int64_t kp, int64_t r0, int64_t n0,
-               int64_t C, int64_t n_out, T* out) {
-  switch (C) {
-    case 4: return tile_avx512<T, R, 4>(xq, w, ws, kp, r0, n0, n_out, out);
-    case 3: return tile_avx512<T, R, 3>(xq, w, ws, kp, r0, n0, n_out, out);
-    case 2: return tile_avx512<T, R, 2>(xq, w, ws, kp, r0, n0, n_out, out);
-    default: return tile_avx512<T, R, 1>(xq, w, ws, kp, r0, n0, n_out, out);
-  }
-}
-#endif
-
-template <typename T>
-void tile(const QuantX& xq, const uint8_t* w, const float* ws, int64_t kp, int64_t r0, int64_t R, int64_t n0,
-          int64_t C, int64_t n_out, T* out) {
-#if defined(__AVX512F__) && defined(__AVX512VNNI__)
+template <typename T, int C>
+void tile_c(const QuantX& xq, const Weights& w, int64_t r0, int64_t R, int64_t g0, int64_t n_out, T* out) {
   switch (R) {
-    case 4: return tile_rows<T, 4>(xq, w, ws, kp, r0, n0, C, n_out, out);
-    case 3: return tile_rows<T, 3>(xq, w, ws, kp, r0, n0, C, n_out, out);
-    case 2: return tile_rows<T, 2>(xq, w, ws, kp, r0, n0, C, n_out, out);
-    default: return tile_rows<T, 1>(xq, w, ws, kp, r0, n0, C, n_out, out);
+    case 4: return tile_avx512<T, 4, C>(xq, w, r0, g0, n_out, out);
+    case 3: return tile_avx512<T, 3, C>(xq, w, r0, g0, n_out, out);
+    case 2: return tile_avx512<T, 2, C>(xq, w, r0, g0, n_out, out);
+    default: return tile_avx512<T, 1, C>(xq, w, r0, g0, n_out, out);
   }
+}
+#endif
+
+template <typename T>
+void tile(const QuantX& xq, const Weights& w, int64_t r0, int64_t R, int64_t g0, int64_t C, int64_t n_out,
+          T* out) {
+#if NEREID_Q8_VNNI
+  if (C == 2) return tile_c<T, 2>(xq, w, r0, R, g0, n_out, out);
+  return tile_c<T, 1>(xq, w, r0, R, g0, n_out, out);
 #else
-  tile_scalar(xq, w, ws, kp, r0, R, n0, C, n_out, out);
+  tile_scalar(xq, w, r0, R, g0, C, n_out, out);
 #endif
 }
 
-// Weight rows per task: small enough that a task's rows (<= 32 x Kp bytes) stay in L1/L2 while every token
-// group of the call passes over them, so each weight byte comes from memory once per call.
-constexpr int64_t kRowsPerTask = 32;
+constexpr int64_t kGroupsPerTask = 2;  // 32 weight rows: <= 48 KiB for K = 1536, kept in L1/L2 per task
 constexpr int64_t kTokens = 4;
-constexpr int64_t kRows = 4;
 
 template <typename T>
-void run(const T* x, const at::Tensor& w, const at::Tensor& ws, int64_t m, int64_t k, T* out) {
-  const int64_t n_out = w.size(0), kp = w.size(1);
+void run(const T* x, const Weights& w, int64_t groups, int64_t m, int64_t n_out, T* out) {
   QuantX xq;
-  quantize_rows(x, m, k, kp, xq);
-  const uint8_t* wp = w.data_ptr<uint8_t>();
-  const float* sp = ws.data_ptr<float>();
-  const int64_t tasks = (n_out + kRowsPerTask - 1) / kRowsPerTask;
+  quantize_rows(x, m, w.blocks, xq);
+  const int64_t tasks = (groups + kGroupsPerTask - 1) / kGroupsPerTask;
   at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
-      const int64_t n_begin = t * kRowsPerTask, n_end = std::min(n_out, n_begin + kRowsPerTask);
-      for (int64_t r0 = 0; r0 < m; r0 += kTokens) {
-        const int64_t R = std::min(kTokens, m - r0);
-        for (int64_t n0 = n_begin; n0 < n_end; n0 += kRows)
-          tile(xq, wp, sp, kp, r0, R, n0, std::min(kRows, n_end - n0), n_out, out);
-      }
+      const int64_t g0 = t * kGroupsPerTask, C = std::min(kGroupsPerTask, groups - g0);
+      for (int64_t r0 = 0; r0 < m; r0 += kTokens) tile(xq, w, r0, std::min(kTokens, m - r0), g0, C, n_out, out);
     }
   });
 }
 
-at::Tensor q8_0_linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scales) {
+at::Tensor q8_0_linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scales, int64_t n_out) {
   TORCH_CHECK(x.device().is_cpu() && weight.device().is_cpu() && scales.device().is_cpu(),
               "q8_0_linear runs on CPU");
-  TORCH_CHECK(weight.dim() == 2 && weight.scalar_type() == at::kByte && weight.is_contiguous(),
-              "weight must be a contiguous [N, Kp] uint8 tensor");
-  const int64_t n_out = weight.size(0), kp = weight.size(1);
-  TORCH_CHECK(kp % kChunk == 0, "the packed input size must be a multiple of 64, got ", kp);
-  TORCH_CHECK(scales.scalar_type() == at::kFloat && scales.is_contiguous() && scales.dim() == 2 &&
-                  scales.size(0) == n_out && scales.size(1) == kp / kBlock,
-              "scales must be a contiguous [N, Kp / 32] float32 tensor");
-  TORCH_CHECK(x.dim() == 2, "x must be [M, K]");
-  const int64_t m = x.size(0), k = x.size(1);
-  TORCH_CHECK(k <= kp && kp - k < kChunk, "x has ", k, " columns, the weight ", kp, " (padded)");
+  TORCH_CHECK(weight.dim() == 3 && weight.scalar_type() == at::kByte && weight.is_contiguous() &&
+                  weight.size(2) == kGroupBytes,
+              "weight must be a contiguous [N / 16, K / 32, 512] uint8 tensor");
+  const int64_t groups = weight.size(0), blocks = weight.size(1);
+  TORCH_CHECK(scales.scalar_type() == at::kFloat && scales.is_contiguous() && scales.dim() == 3 &&
+                  scales.size(0) == groups && scales.size(1) == blocks && scales.size(2) == kGroup,
+              "scales must be a contiguous [N / 16, K / 32, 16] float32 tensor");
+  TORCH_CHECK(n_out > (groups - 1) * kGroup && n_out <= groups * kGroup, "n_out ", n_out, " does not fit ",
+              groups, " groups of 16 rows");
+  TORCH_CHECK(x.dim() == 2 && x.size(1) == blocks * kBlock, "x must be [M, ", blocks * kBlock, "]");
   TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16, "x must be float32 or bfloat16");
   const at::Tensor xc = x.contiguous();
+  const int64_t m = x.size(0);
   at::Tensor out = at::empty({m, n_out}, x.options());
   if (m == 0) return out;
+  const Weights w{weight.data_ptr<uint8_t>(), scales.data_ptr<float>(), blocks};
   if (x.scalar_type() == at::kFloat) {
-    run(xc.data_ptr<float>(), weight, scales, m, k, out.data_ptr<float>());
+    run(xc.data_ptr<float>(), w, groups, m, n_out, out.data_ptr<float>());
   } else {
-    run(xc.data_ptr<c10::BFloat16>(), weight, scales, m, k, out.data_ptr<c10::BFloat16>());
+    run(xc.data_ptr<c10::BFloat16>(), w, groups, m, n_out, out.data_ptr<c10::BFloat16>());
   }
   return out;
 }
@@ -219,7 +216,7 @@ at::Tensor q8_0_linear(const at::Tensor& x, const at::Tensor& weight, const at::
 }  // namespace nereid
 
 TORCH_LIBRARY_FRAGMENT(nereid_native, m) {
-  m.def("q8_0_linear(Tensor x, Tensor weight, Tensor scales) -> Tensor");
+  m.def("q8_0_linear(Tensor x, Tensor weight, Tensor scales, int n_out) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(nereid_native, CPU, m) { m.impl("q8_0_linear", &nereid::q8_0_linear); }
