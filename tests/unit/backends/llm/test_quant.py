@@ -25,7 +25,7 @@ PROMPTS = [
 TOKENS = 16
 # Measured on these prompts (bench/llm_quant.py has the larger set): share of greedy tokens equal to the float
 # model's, position by position. The thresholds leave a margin below the measurement.
-MIN_AGREEMENT = {"int8": 0.7, "int4": 0.85, "q8_0": 0.85}  # measured: int8 0.854, int4 0.969, q8_0 0.917
+MIN_AGREEMENT = {"int8": 0.7, "int4": 0.85, "q8_0": 0.85}  # measured: int8 0.854, int4 0.969, q8_0 0.927
 needs_native = pytest.mark.skipif(not native.load(), reason="the native kernels did not build here")
 
 
