@@ -87,6 +87,11 @@ def q8_0_linear(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, n_o
     return torch.ops.nereid_native.q8_0_linear(x, weight, scales, n_out)
 
 
+def q8_0_amx_rows() -> int:
+    """From how many rows of x `q8_0_linear` multiplies in bfloat16 on AMX tiles (0: never, on this CPU)."""
+    return int(torch.ops.nereid_native.q8_0_amx_rows())
+
+
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO)
     print("native LLM kernels:", "built" if load() else "unavailable")

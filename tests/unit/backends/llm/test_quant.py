@@ -80,28 +80,38 @@ def test_q8_0_pack_round_trips_within_half_a_step(k):
 
 @needs_native
 @pytest.mark.parametrize(
-    ("m", "n", "k"), [(1, 48, 64), (7, 33, 96), (256, 100, 1536), (3, 5, 32), (5, 64, 160)]
+    ("m", "n", "k"),
+    [
+        (1, 48, 64),
+        (7, 33, 96),
+        (3, 5, 32),
+        (5, 64, 160),
+        (63, 40, 96),
+        (64, 48, 64),
+        (65, 5, 32),
+        (256, 100, 1536),
+    ],
 )
 def test_q8_0_kernel_matches_its_float_reference(m, n, k):
-    """The kernel = (x rounded per block) @ (W's blocks).T, up to float summation order; in x's dtype."""
+    """The kernel = (x rounded) @ (W's blocks).T up to float summation order, in x's dtype: x rounded to int8
+    per 32-block, or — from `q8_0_amx_rows()` rows on, where the CPU has AMX — both rounded to bfloat16."""
     torch.manual_seed(m * n + k)
     w, x = torch.randn(n, k), torch.randn(m, k) * 3
     x[0, :40] = 0  # a zero block, and half of the next
     x[-1, 5] = 200.0  # an outlier coarsens its own block only
     weight, scales = pack(w)
-    reference = per_block_int8(x).double() @ unpack_rows(weight, scales, torch.arange(n)).double().T
-    out = native.q8_0_linear(x, weight, scales, n)
-    assert out.dtype == torch.float32 and out.shape == (m, n)
-    torch.testing.assert_close(out.double(), reference, atol=1e-4 * reference.abs().max().item(), rtol=1e-5)
-    out_bf16 = native.q8_0_linear(x.bfloat16(), weight, scales, n)
-    reference_bf16 = (
-        per_block_int8(x.bfloat16().float()).double()
-        @ unpack_rows(weight, scales, torch.arange(n)).double().T
-    )
-    assert out_bf16.dtype == torch.bfloat16
-    torch.testing.assert_close(
-        out_bf16.double(), reference_bf16, atol=1e-2 * reference.abs().max().item(), rtol=1e-2
-    )
+    dequantised = unpack_rows(weight, scales, torch.arange(n))
+    amx = 0 < native.q8_0_amx_rows() <= m
+    for dtype in (torch.float32, torch.bfloat16):
+        xd = x.to(dtype).float()
+        if amx:
+            reference = xd.bfloat16().double() @ dequantised.bfloat16().double().T
+        else:
+            reference = per_block_int8(xd).double() @ dequantised.double().T
+        out = native.q8_0_linear(x.to(dtype), weight, scales, n)
+        assert out.dtype == dtype and out.shape == (m, n)
+        tol = (1e-4 if dtype == torch.float32 else 1e-2) * reference.abs().max().item()
+        torch.testing.assert_close(out.double(), reference, atol=tol, rtol=0)
 
 
 @needs_native
