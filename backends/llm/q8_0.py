@@ -1,11 +1,12 @@
-"""``weights: q8_0``: GGUF Q8_0-style blocks multiplied by the native VNNI kernel (``csrc/q8_0_linear.cpp``).
+"""``weights: q8_0``: GGUF Q8_0-style blocks multiplied by the native kernel (``csrc/q8_0_linear.cpp``).
 
 Every projection and the LM head hold int8 weights in blocks of 32 along the input dimension with one float
-scale per block; each call quantises the activations the same way (int8 per 32-block, their own scale), so an
-outlier coarsens only its block, and multiplies them with integer dot products (AVX512-VNNI), per block
-int32 x both scales accumulated in float. A decode step reads ~1 byte per weight instead of bfloat16's 2.
-The embedding table is the LM head's blocks when tied (rows dequantised on lookup). Measurements:
-bench/RESULTS.md ("Q8_0 weights with a VNNI kernel").
+scale per block. Below `native.q8_0_amx_rows()` rows a call quantises the activations the same way (int8 per
+32-block, their own scale), so an outlier coarsens only its block, and multiplies with integer dot products
+(AVX512-VNNI), per block int32 x both scales accumulated in float; a decode step reads ~1.1 bytes per weight
+instead of bfloat16's 2. From there on (prefill chunks) the kernel dequantises each weight tile to bfloat16
+once per call and multiplies on AMX tiles. The embedding table is the LM head's blocks when tied (rows
+dequantised on lookup). Measurements: bench/RESULTS.md ("Q8_0 weights with a native VNNI / AMX kernel").
 """
 
 from __future__ import annotations

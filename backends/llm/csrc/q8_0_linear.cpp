@@ -199,7 +199,7 @@ void tile(const QuantX& xq, const Weights& w, int64_t r0, int64_t R, int64_t g0,
 // once into bfloat16 AMX B tiles and multiplies them with the activations in bfloat16 on the tile unit,
 // accumulating in float32 across all of K: the same weights, the activations rounded to bfloat16 instead of
 // int8 per block. Used from kAmxRows rows on, where dequantising (K x 32 values per task) is cheap.
-constexpr int64_t kAmxRows = 64;
+constexpr int64_t kAmxRows = 32;
 
 bool amx_usable() {
   // Linux hands the tile registers' state only to a process that asks (ARCH_REQ_XCOMP_PERM, XTILEDATA).
