@@ -25,7 +25,9 @@ PROMPTS = [
 TOKENS = 16
 # Measured on these prompts (bench/llm_quant.py has the larger set): share of greedy tokens equal to the float
 # model's, position by position. The thresholds leave a margin below the measurement.
-MIN_AGREEMENT = {"int8": 0.7, "int4": 0.85, "q8_0": 0.85}  # measured: int8 0.854, int4 0.969, q8_0 0.927
+# q8_0: 0.750 (its prompts' prefill on the AMX bfloat16 path), 0.927 with every call on the integer path
+# (NEREID_Q8_0_AMX=0): one prompt diverging early moves this 6 x 16 measure by up to 0.17; bfloat16 0.792.
+MIN_AGREEMENT = {"int8": 0.7, "int4": 0.85, "q8_0": 0.7}  # measured: int8 0.854, int4 0.969
 needs_native = pytest.mark.skipif(not native.load(), reason="the native kernels did not build here")
 
 
