@@ -38,6 +38,7 @@ MATMUL_OPS = (
     "aten::_weight_int8pack_mm",
     "aten::_weight_int4pack_mm_for_cpu",
     "quantized::linear_dynamic",
+    "nereid_native::q8_0_linear",
 )
 """Profiler event names counted as projections / LM head (self time; `aten::linear` itself is a wrapper)."""
 
@@ -113,6 +114,8 @@ DESIGNS: dict[str, Design] = {
     "int8": ({"weights": "int8"}, None, (1, 1)),
     "int4": ({"weights": "int4"}, None, (0.75, 1)),  # 4 bits + a float scale and offset per 32
     "int8-dynamic": ({}, dynamic_int8, (1, 1)),
+    "q8_0": ({"weights": "q8_0"}, None, (1.125, 1.125)),  # int8 + a float32 scale per 32
+    "q8_0-bfloat16": ({"weights": "q8_0", "dtype": "bfloat16"}, None, (1.125, 1.125)),
     "float32-compiled": ({"compile": True}, None, (4, 4)),
 }
 
@@ -175,7 +178,7 @@ def profile_split(engine: Any, steps: int) -> dict[str, float]:
         if event.key in MATMUL_OPS:
             matmul += us
         elif event.key.startswith(
-            ("aten::", "mkldnn::", "quantized::", "Torch-Compiled", "torch::", "inductor")
+            ("aten::", "mkldnn::", "quantized::", "nereid_native::", "Torch-Compiled", "torch::", "inductor")
         ):
             other += us
     n = steps

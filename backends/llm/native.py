@@ -1,12 +1,13 @@
 """The engine's C++ kernels (``csrc/``), compiled for this machine on first use and cached.
 
-``load()`` builds the ``csrc/*.cpp`` files with torch's extension builder (ninja + the system C++ compiler,
-``-O3 -march=native``) into torch's extension cache (``TORCH_EXTENSIONS_DIR``, default
-``~/.cache/torch_extensions``) and registers ``torch.ops.nereid_native.*``. The build is keyed by every
-``csrc`` file (headers included) and the CPU's instruction-set flags, so a cache shared between different
-machines never hands one a binary built for the other. ``-ffp-contract=off`` keeps ``a * b + c`` two
-roundings, as PyTorch's elementwise ops compute it. The first build takes ~30-60 s on 2 cores (``make install`` runs it ahead:
-``python -m nereid.backends.llm.native``); later loads take milliseconds. Where the build fails (no compiler),
+``load()`` builds the ``csrc/*.cpp`` files (paged decode attention, the fused layer ops, the Q8_0 linear) with
+torch's extension builder (ninja + the system C++ compiler, ``-O3 -march=native``) into torch's extension
+cache (``TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``) and registers
+``torch.ops.nereid_native.*``. The build is keyed by every ``csrc`` file (headers included) and the CPU's
+instruction-set flags, so a cache shared between different machines never hands one a binary built for the
+other. ``-ffp-contract=off`` keeps ``a * b + c`` two roundings, as PyTorch's elementwise ops compute it.
+The first build takes ~20-60 s on 2 cores (``make serve`` / ``make test`` run it ahead:
+``native.main()``); later loads take milliseconds. Where the build fails (no compiler),
 ``load()`` returns False once with the reason logged, and callers keep their pure-PyTorch paths.
 """
 
@@ -114,6 +115,17 @@ def rope_write_kv(
 def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
     """SwiGLU's ``silu(gate) * up`` of the fused projection's output [tokens, 2 * intermediate]."""
     return torch.ops.nereid_native.silu_mul(gate_up)
+
+
+def q8_0_linear(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, n_out: int) -> torch.Tensor:
+    """``x @ W.T`` for x [M, K] (float32 or bfloat16, quantised per 32-block on the fly) and the N = `n_out`
+    rows of W packed by `q8_0.pack`; [M, N] in x's dtype. Call after `load()`."""
+    return torch.ops.nereid_native.q8_0_linear(x, weight, scales, n_out)
+
+
+def q8_0_amx_rows() -> int:
+    """From how many rows of x `q8_0_linear` multiplies in bfloat16 on AMX tiles (0: never, on this CPU)."""
+    return int(torch.ops.nereid_native.q8_0_amx_rows())
 
 
 def main() -> None:

@@ -4,18 +4,24 @@
 (``torch.ops.aten._weight_int8pack_mm``). ``int4``: the decoder projections as 4-bit groups of 32 along the
 input dimension with a float scale and offset per group (``_weight_int4pack_mm_for_cpu``) — the layout of
 GGUF's Q4_1 blocks, so a Q4_1 checkpoint is represented exactly — and the embedding / LM head as int8.
-``float`` keeps the checkpoint dequantised in the engine dtype. Quantised kernels run on CPU in float32;
+``q8_0``: the projections and LM head in GGUF Q8_0-style blocks times activations quantised per block, by the
+native VNNI kernel (`q8_0`; float32 or bfloat16 around it). ``float`` keeps the checkpoint dequantised in the
+engine dtype. torch's quantised kernels run on CPU in float32;
 measurements of memory, speed and agreement with the float model are in bench/RESULTS.md ("Quantised weights").
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
+from nereid.backends.llm import native
 from nereid.backends.llm.models.llama import LlamaForCausalLM
+from nereid.backends.llm.q8_0 import BLOCK, Q8_0Embedding, Q8_0Linear
 
-WEIGHTS = ("float", "int8", "int4")
+WEIGHTS = ("float", "int8", "int4", "q8_0")
 INT4_GROUP = 32
 _PROJECTIONS = ("self_attn.qkv_proj", "self_attn.o_proj", "mlp.gate_up_proj", "mlp.down_proj")
 
@@ -100,12 +106,10 @@ def quantize(model: LlamaForCausalLM, weights: str) -> LlamaForCausalLM:
         raise ValueError(f"weights must be one of {list(WEIGHTS)}, got {weights!r}")
     if model.model.embed_tokens.weight.device.type != "cpu":
         raise ValueError(f"weights={weights} runs on CPU only (the fused kernels are torch's CPU ones)")
+    if weights == "q8_0":
+        return _quantize_q8_0(model)
     make = Int8Linear.of if weights == "int8" else Int4Linear
-    for layer in model.model.layers:
-        for path in _PROJECTIONS:
-            parent_name, _, child = path.rpartition(".")
-            parent = layer.get_submodule(parent_name)
-            setattr(parent, child, make(getattr(parent, child)))
+    _replace_projections(model, make)
     tied = model.config.tie_word_embeddings
     q, scale = int8_rows(model.model.embed_tokens.weight.data)
     model.model.embed_tokens = Int8Embedding(q, scale)  # type: ignore[assignment]
@@ -113,6 +117,34 @@ def quantize(model: LlamaForCausalLM, weights: str) -> LlamaForCausalLM:
         model.lm_head = Int8Linear(q, scale, None)  # type: ignore[assignment]  # the same tensors, shared
     else:
         model.lm_head = Int8Linear.of(model.lm_head)  # type: ignore[assignment]
+    return model
+
+
+def _replace_projections(model: LlamaForCausalLM, make: Callable[[nn.Linear], nn.Module]) -> None:
+    for layer in model.model.layers:
+        for path in _PROJECTIONS:
+            parent_name, _, child = path.rpartition(".")
+            parent = layer.get_submodule(parent_name)
+            setattr(parent, child, make(getattr(parent, child)))
+
+
+def _quantize_q8_0(model: LlamaForCausalLM) -> LlamaForCausalLM:
+    if not native.load():
+        raise ValueError("weights=q8_0 needs the native kernels, which could not be built here (see the log)")
+    for linear in model.modules():  # every input size checked first: fail before changing anything
+        if isinstance(linear, nn.Linear) and linear.in_features % BLOCK:
+            raise ValueError(
+                f"weights=q8_0 needs every input size to be a multiple of {BLOCK}, got {linear.in_features}"
+            )
+    _replace_projections(model, Q8_0Linear.of)
+    table = model.model.embed_tokens.weight
+    if model.config.tie_word_embeddings:
+        head = Q8_0Linear.of(model.lm_head)
+        embed = Q8_0Embedding(head.weight, head.scales, table.dtype)
+        model.model.embed_tokens = embed  # type: ignore[assignment]  # the LM head's tensors, shared
+        model.lm_head = head  # type: ignore[assignment]
+    else:
+        model.lm_head = Q8_0Linear.of(model.lm_head)  # type: ignore[assignment]
     return model
 
 
