@@ -91,28 +91,20 @@ class Attention(nn.Module):
         sin: torch.Tensor,
         kv_cache: torch.Tensor,
         meta: AttentionMetadata,
+        fused: bool = False,
     ) -> torch.Tensor:
-        n, heads, kvh = x.shape[0], self.num_heads, self.num_kv_heads
-        qkv = self.qkv_proj(x).view(n, heads + 2 * kvh, self.head_dim)
-        qk = qkv[:, : heads + kvh]
-        qk = qk * cos + rotate_half(qk) * sin  # queries and keys rotated together
-        q, k, v = qk[:, :heads], qk[:, heads:], qkv[:, heads + kvh :]
-        return self.o_proj(paged_attention(q, k, v, kv_cache, meta).view(n, -1))
-
-    def forward_fused(
-        self,
-        x: torch.Tensor,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
-        kv_cache: torch.Tensor,
-        meta: AttentionMetadata,
-    ) -> torch.Tensor:
-        """`forward` with the rotary embedding and the K/V cache write as one native kernel."""
+        """`fused`: the rotary embedding and the K/V cache write as one native kernel."""
         n, heads, kvh = x.shape[0], self.num_heads, self.num_kv_heads
         qkv = self.qkv_proj(x)
-        q, k = native.rope_write_kv(qkv, cos, sin, kv_cache, meta.slot_mapping, heads, kvh)
-        v = qkv.view(n, heads + 2 * kvh, self.head_dim)[:, heads + kvh :]
-        return self.o_proj(paged_attention(q, k, v, kv_cache, meta, written=True).view(n, -1))
+        split = qkv.view(n, heads + 2 * kvh, self.head_dim)
+        if fused:
+            q, k = native.rope_write_kv(qkv, cos, sin, kv_cache, meta.slot_mapping, heads, kvh)
+        else:
+            qk = split[:, : heads + kvh]
+            qk = qk * cos + rotate_half(qk) * sin  # queries and keys rotated together
+            q, k = qk[:, :heads], qk[:, heads:]
+        v = split[:, heads + kvh :]
+        return self.o_proj(paged_attention(q, k, v, kv_cache, meta, written=fused).view(n, -1))
 
 
 class MLP(nn.Module):
@@ -209,7 +201,7 @@ class LlamaForCausalLM(nn.Module):
         norms = [*(layer.input_layernorm for layer in layers[1:]), self.model.norm]
         h = native.rms_norm(x, layers[0].input_layernorm.weight, layers[0].input_layernorm.eps)
         for i, layer in enumerate(layers):
-            attn = layer.self_attn.forward_fused(h, cos, sin, kv_cache[i], meta)
+            attn = layer.self_attn(h, cos, sin, kv_cache[i], meta, fused=True)
             post = layer.post_attention_layernorm
             x, h = native.add_rms_norm(x, attn, post.weight, post.eps)
             mlp = layer.mlp.down_proj(native.silu_mul(layer.mlp.gate_up_proj(h)))
