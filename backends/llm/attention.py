@@ -158,6 +158,10 @@ def paged_attention(
     if not written:
         write_kv(kv_cache, k, v, meta.slot_mapping)
     heads, hd = q.shape[1], q.shape[2]
+    if meta.native_decode and meta.num_decodes == meta.num_seqs:  # decodes only: one call, no copies
+        return native.paged_decode_attention(
+            q.contiguous(), kv_cache, meta.block_tables, meta.context_lens, hd**-0.5
+        )
     kvh = k.shape[1]
     group = heads // kvh
     out = torch.empty_like(q)

@@ -8,7 +8,7 @@ stacks the checkpoint's tensors into them.
 from __future__ import annotations
 
 import math
-from typing import cast
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -156,6 +156,7 @@ class LlamaForCausalLM(nn.Module):
 
     fused = False
     """Run `forward` through the native fused kernels (set by the model runner when they are built)."""
+    _plan: tuple[tuple[torch.Tensor, float], list[tuple[Any, ...]]] | None = None
 
     def __init__(self, cfg: CheckpointConfig) -> None:
         super().__init__()
@@ -196,17 +197,46 @@ class LlamaForCausalLM(nn.Module):
     ) -> torch.Tensor:
         """The same layers with each residual add fused into the RMSNorm after it (`x, h = x + delta,
         norm(x + delta)`), the next layer's input norm taking the place of the layer's last add: per layer,
-        the four projections and five native kernels instead of ~40 PyTorch ops."""
-        layers = cast(list[DecoderLayer], list(self.model.layers))
-        norms = [*(layer.input_layernorm for layer in layers[1:]), self.model.norm]
-        h = native.rms_norm(x, layers[0].input_layernorm.weight, layers[0].input_layernorm.eps)
-        for i, layer in enumerate(layers):
-            attn = layer.self_attn(h, cos, sin, kv_cache[i], meta, fused=True)
-            post = layer.post_attention_layernorm
-            x, h = native.add_rms_norm(x, attn, post.weight, post.eps)
-            mlp = layer.mlp.down_proj(native.silu_mul(layer.mlp.gate_up_proj(h)))
-            x, h = native.add_rms_norm(x, mlp, norms[i].weight, norms[i].eps)
+        the four projections and five native kernels instead of ~40 PyTorch ops, called from a flat plan
+        (no module dispatch: a single-token step is short enough for Python's per-call cost to show)."""
+        first, plan = self._fused_plan()
+        h = native.rms_norm(x, *first)
+        for i, (qkv_proj, o_proj, gate_up_proj, down_proj, post, after, heads, kvh, hd) in enumerate(plan):
+            layer_cache = kv_cache[i]
+            qkv = qkv_proj(h)
+            q, k = native.rope_write_kv(qkv, cos, sin, layer_cache, meta.slot_mapping, heads, kvh)
+            v = qkv.view(-1, heads + 2 * kvh, hd)[:, heads + kvh :]
+            attn = o_proj(paged_attention(q, k, v, layer_cache, meta, written=True).view(q.shape[0], -1))
+            x, h = native.add_rms_norm(x, attn, *post)
+            x, h = native.add_rms_norm(x, down_proj(native.silu_mul(gate_up_proj(h))), *after)
         return h
+
+    def _fused_plan(self) -> tuple[tuple[torch.Tensor, float], list[tuple[Any, ...]]]:
+        """Per layer: the four projections' `forward`s, the two norms after them as (weight, eps), and the
+        attention's shape. Built on the first fused forward (after the loader has quantised or prepacked the
+        projections) and kept."""
+        if self._plan is None:
+            layers = cast(list[DecoderLayer], list(self.model.layers))
+            norms = [*(layer.input_layernorm for layer in layers[1:]), self.model.norm]
+            plan: list[tuple[Any, ...]] = []
+            for layer, after in zip(layers, norms, strict=True):
+                attn, mlp, post = layer.self_attn, layer.mlp, layer.post_attention_layernorm
+                plan.append(
+                    (
+                        attn.qkv_proj.forward,
+                        attn.o_proj.forward,
+                        mlp.gate_up_proj.forward,
+                        mlp.down_proj.forward,
+                        (post.weight, post.eps),
+                        (after.weight, after.eps),
+                        attn.num_heads,
+                        attn.num_kv_heads,
+                        attn.head_dim,
+                    )
+                )
+            norm = layers[0].input_layernorm
+            self._plan = ((norm.weight, norm.eps), plan)
+        return self._plan
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head(hidden).float()
