@@ -27,33 +27,36 @@ struct Layout {
   int64_t group;  // query heads per KV head
 };
 
-// Scores, softmax and weighted values for the `group` query heads of one KV head of one sequence.
-// q: group x head_dim (float); keys: cache + kv_head * head_dim; acc (out): group x head_dim.
+// Scores, softmax numerators and weighted values for the `group` query heads of one KV head of one sequence,
+// over its context tokens [start, start + len). q: group x head_dim (float); keys: cache + kv_head * head_dim.
+// Out: acc (group x head_dim) = sum over the tokens of e^(s - max) * v, unnormalised, and stats = the group's
+// maxima, then the sums of e^(s - max) — so that parts of one context can be combined (`combine`).
 template <typename T>
-void attend_scalar(const float* q, const T* keys, const int64_t* blocks, int64_t ctx, float scale,
-                   const Layout& l, float* scores, float* acc) {
-  const int64_t hd = l.head_dim, g_n = l.group;
-  std::vector<float> maxs(g_n, -std::numeric_limits<float>::infinity());
-  for (int64_t t = 0; t < ctx; ++t) {
-    const T* k = keys + (blocks[t / l.block_size] * l.block_size + t % l.block_size) * l.token_stride;
+void attend_scalar(const float* q, const T* keys, const int64_t* blocks, int64_t start, int64_t len, float scale,
+                   const Layout& l, float* scores, float* acc, float* stats) {
+  const int64_t hd = l.head_dim, g_n = l.group, bs = l.block_size;
+  const auto row = [&](int64_t t) { return (blocks[(start + t) / bs] * bs + (start + t) % bs) * l.token_stride; };
+  for (int64_t g = 0; g < g_n; ++g) stats[g] = -std::numeric_limits<float>::infinity();
+  for (int64_t t = 0; t < len; ++t) {
+    const T* k = keys + row(t);
     for (int64_t g = 0; g < g_n; ++g) {
       float s = 0.f;
       for (int64_t d = 0; d < hd; ++d) s += static_cast<float>(k[d]) * q[g * hd + d];
       s *= scale;
-      scores[g * ctx + t] = s;
-      maxs[g] = std::max(maxs[g], s);
+      scores[g * len + t] = s;
+      stats[g] = std::max(stats[g], s);
     }
   }
   std::fill(acc, acc + g_n * hd, 0.f);
   for (int64_t g = 0; g < g_n; ++g) {
     float sum = 0.f;
-    for (int64_t t = 0; t < ctx; ++t) sum += (scores[g * ctx + t] = std::exp(scores[g * ctx + t] - maxs[g]));
-    for (int64_t t = 0; t < ctx; ++t) scores[g * ctx + t] /= sum;
+    for (int64_t t = 0; t < len; ++t) sum += (scores[g * len + t] = std::exp(scores[g * len + t] - stats[g]));
+    stats[g_n + g] = sum;
   }
-  for (int64_t t = 0; t < ctx; ++t) {
-    const T* v = keys + l.half + (blocks[t / l.block_size] * l.block_size + t % l.block_size) * l.token_stride;
+  for (int64_t t = 0; t < len; ++t) {
+    const T* v = keys + l.half + row(t);
     for (int64_t g = 0; g < g_n; ++g) {
-      const float p = scores[g * ctx + t];
+      const float p = scores[g * len + t];
       for (int64_t d = 0; d < hd; ++d) acc[g * hd + d] += p * static_cast<float>(v[d]);
     }
   }
@@ -114,8 +117,8 @@ struct Query<c10::BFloat16, C> {
 // The same computation with head_dim = 16 * C and G query heads per KV head fixed at compile time: scores
 // for sixteen keys at a time per head (one `reduce16`), weighted values with G x C accumulators in registers.
 template <typename T, int C, int G>
-void attend_avx512(const float* q, const T* keys, const int64_t* blocks, int64_t ctx, float scale,
-                   const Layout& l, float* scores, float* acc) {
+void attend_avx512(const float* q, const T* keys, const int64_t* blocks, int64_t start, int64_t ctx, float scale,
+                   const Layout& l, float* scores, float* acc, float* stats) {
   constexpr int hd = 16 * C;
   Query<T, C> qs[G];
   for (int g = 0; g < G; ++g) qs[g].set(q + g * hd);
@@ -123,7 +126,7 @@ void attend_avx512(const float* q, const T* keys, const int64_t* blocks, int64_t
   __m512 vmax[G];
   for (int g = 0; g < G; ++g) vmax[g] = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
   const int64_t bs = l.block_size;
-  int64_t t = 0, b = 0, o = 0;  // token t is at offset o of the sequence's b-th block
+  int64_t t = 0, b = start / bs, o = start % bs;  // token start + t is at offset o of the b-th block
   const T* kp[16];
   for (; t + 16 <= ctx; t += 16) {
     for (int i = 0; i < 16; ++i) {
@@ -149,7 +152,6 @@ void attend_avx512(const float* q, const T* keys, const int64_t* blocks, int64_t
       maxs[g] = std::max(maxs[g], v);
     }
   }
-  float inv[G];
   for (int g = 0; g < G; ++g) {
     float* row = scores + g * ctx;
     const __m512 m = _mm512_set1_ps(maxs[g]);
@@ -166,32 +168,31 @@ void attend_avx512(const float* q, const T* keys, const int64_t* blocks, int64_t
       _mm512_mask_storeu_ps(row + t, mask, e);
       sum = _mm512_add_ps(sum, _mm512_maskz_mov_ps(mask, e));
     }
-    inv[g] = 1.f / _mm512_reduce_add_ps(sum);
+    stats[g] = maxs[g];
+    stats[G + g] = _mm512_reduce_add_ps(sum);
   }
   __m512 a[G][C];
   for (int g = 0; g < G; ++g)
     for (int c = 0; c < C; ++c) a[g][c] = _mm512_setzero_ps();
-  for (int64_t start = 0, b = 0; start < ctx; start += bs, ++b) {
-    const T* base = keys + l.half + blocks[b] * bs * l.token_stride;
-    const int64_t n = std::min(bs, ctx - start);
-    for (int64_t o = 0; o < n; ++o) {
-      const T* v = base + o * l.token_stride;
-      __m512 p[G];
-      for (int g = 0; g < G; ++g) p[g] = _mm512_set1_ps(scores[g * ctx + start + o]);
-      for (int c = 0; c < C; ++c) {
-        const __m512 vc = load16(v + 16 * c);
-        for (int g = 0; g < G; ++g) a[g][c] = _mm512_fmadd_ps(p[g], vc, a[g][c]);
-      }
+  b = start / bs, o = start % bs;
+  for (t = 0; t < ctx; ++t) {
+    const T* v = keys + l.half + (blocks[b] * bs + o) * l.token_stride;
+    if (++o == bs) o = 0, ++b;
+    __m512 p[G];
+    for (int g = 0; g < G; ++g) p[g] = _mm512_set1_ps(scores[g * ctx + t]);
+    for (int c = 0; c < C; ++c) {
+      const __m512 vc = load16(v + 16 * c);
+      for (int g = 0; g < G; ++g) a[g][c] = _mm512_fmadd_ps(p[g], vc, a[g][c]);
     }
   }
   for (int g = 0; g < G; ++g)
-    for (int c = 0; c < C; ++c)
-      _mm512_storeu_ps(acc + g * hd + 16 * c, _mm512_mul_ps(a[g][c], _mm512_set1_ps(inv[g])));
+    for (int c = 0; c < C; ++c) _mm512_storeu_ps(acc + g * hd + 16 * c, a[g][c]);
 }
 #endif
 
 template <typename T>
-using AttendFn = void (*)(const float*, const T*, const int64_t*, int64_t, float, const Layout&, float*, float*);
+using AttendFn = void (*)(const float*, const T*, const int64_t*, int64_t, int64_t, float, const Layout&, float*, float*,
+                          float*);
 
 template <typename T>
 AttendFn<T> pick(int64_t head_dim, int64_t group) {
@@ -228,30 +229,63 @@ void run(const at::Tensor& q, const at::Tensor& kv_cache, const at::Tensor& bloc
   T* op = out.data_ptr<T>();
   const AttendFn<T> attend = pick<T>(hd, l.group);
   const float fscale = static_cast<float>(scale);
-  // Below ~4K (token, KV head) pairs of context the whole call takes microseconds: one thread, no wake-up.
-  // Otherwise thread w takes items w, w + T, w + 2T, ...: the decodes come sorted by context length, so
+  // Below ~768 (token, KV head) pairs of context the call takes ~15 us: one thread, no wake-up. Otherwise
+  // work units are (sequence, KV head) pairs, each pair's context cut into `parts` ranges when there are too
+  // few pairs to keep every thread busy (one sequence: 3 pairs on 2 threads), combined afterwards from their
+  // maxima and sums. Thread w takes units w, w + T, ...: the decodes come sorted by context length, so
   // striding gives every thread a similar share of short and long ones.
-  const int64_t items = n * kvh;
-  int64_t pairs = 0;
-  for (int64_t i = 0; i < n; ++i) pairs += lens[i] * kvh;
-  const int64_t workers = pairs < 4096 ? 1 : std::min<int64_t>(at::get_num_threads(), items);
+  const int64_t items = n * kvh, g_hd = l.group * hd;
+  int64_t pairs = 0, shortest = std::numeric_limits<int64_t>::max();
+  for (int64_t i = 0; i < n; ++i) pairs += lens[i] * kvh, shortest = std::min(shortest, lens[i]);
+  const int64_t threads = pairs < 768 ? 1 : at::get_num_threads();
+  int64_t parts = 1;
+  if (items < 2 * threads) parts = std::max<int64_t>(1, std::min((2 * threads + items - 1) / items, shortest / 64));
+  const int64_t units = items * parts, workers = std::min(threads, units);
+  // Per unit: acc (group x head_dim), then the group's maxima and sums.
+  std::vector<float> partial(parts > 1 ? units * (g_hd + 2 * l.group) : 0);
   at::parallel_for(0, workers, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> qf(l.group * hd), acc(l.group * hd), scores;
+    std::vector<float> qf(g_hd), acc(g_hd), stats(2 * l.group), scores;
     for (int64_t w = begin; w < end; ++w) {
-      for (int64_t item = w; item < items; item += workers) {
+      for (int64_t unit = w; unit < units; unit += workers) {
+        const int64_t item = unit / parts, part = unit % parts;
         const int64_t seq = item / kvh, kv = item % kvh, ctx = lens[seq];
         const int64_t first = (seq * heads + kv * l.group) * hd;  // this group's query heads are contiguous
-        if (ctx <= 0) {
-          std::fill(op + first, op + first + l.group * hd, T(0));
-          continue;
+        const int64_t from = ctx * part / parts, len = ctx * (part + 1) / parts - from;
+        float* a = parts > 1 ? partial.data() + unit * (g_hd + 2 * l.group) : acc.data();
+        float* st = parts > 1 ? a + g_hd : stats.data();
+        if (len <= 0) {
+          std::fill(a, a + g_hd, 0.f);
+          for (int64_t g = 0; g < l.group; ++g) st[g] = -std::numeric_limits<float>::infinity(), st[l.group + g] = 0.f;
+        } else {
+          for (int64_t i = 0; i < g_hd; ++i) qf[i] = static_cast<float>(qp[first + i]);
+          scores.resize(l.group * len);
+          attend(qf.data(), cache + kv * hd, tables + seq * max_blocks, from, len, fscale, l, scores.data(), a, st);
         }
-        for (int64_t i = 0; i < l.group * hd; ++i) qf[i] = static_cast<float>(qp[first + i]);
-        scores.resize(l.group * ctx);
-        attend(qf.data(), cache + kv * hd, tables + seq * max_blocks, ctx, fscale, l, scores.data(), acc.data());
-        for (int64_t i = 0; i < l.group * hd; ++i) op[first + i] = static_cast<T>(acc[i]);
+        if (parts == 1) {
+          for (int64_t i = 0; i < g_hd; ++i)
+            op[first + i] = len > 0 ? static_cast<T>(a[i] / st[l.group + i / hd]) : T(0);
+        }
       }
     }
   });
+  if (parts == 1) return;
+  for (int64_t item = 0; item < items; ++item) {  // e^(m_p - M)-weighted sums of the parts
+    const int64_t seq = item / kvh, kv = item % kvh, first = (seq * heads + kv * l.group) * hd;
+    for (int64_t g = 0; g < l.group; ++g) {
+      float top = -std::numeric_limits<float>::infinity(), sum = 0.f;
+      for (int64_t p = 0; p < parts; ++p) top = std::max(top, partial[(item * parts + p) * (g_hd + 2 * l.group) + g_hd + g]);
+      std::vector<float> o(hd, 0.f);
+      for (int64_t p = 0; p < parts; ++p) {
+        const float* a = partial.data() + (item * parts + p) * (g_hd + 2 * l.group);
+        const float m = a[g_hd + g];
+        if (m == -std::numeric_limits<float>::infinity()) continue;
+        const float wgt = std::exp(m - top);
+        sum += wgt * a[g_hd + l.group + g];
+        for (int64_t d = 0; d < hd; ++d) o[d] += wgt * a[g * hd + d];
+      }
+      for (int64_t d = 0; d < hd; ++d) op[first + g * hd + d] = sum > 0.f ? static_cast<T>(o[d] / sum) : T(0);
+    }
+  }
 }
 
 at::Tensor paged_decode_attention(const at::Tensor& q, const at::Tensor& kv_cache, const at::Tensor& block_tables,

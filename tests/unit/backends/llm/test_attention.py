@@ -101,6 +101,29 @@ def test_native_decode_reads_the_paged_cache_like_the_gathering_path(
 
 
 @needs_native
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("length", [100, 999])
+def test_native_decode_of_one_long_sequence_split_across_threads(dtype: torch.dtype, length: int) -> None:
+    """One sequence has too few (sequence, KV head) pairs for the threads: its context is cut into parts
+    attended separately and combined from their maxima and sums — it must equal the whole."""
+    torch.manual_seed(length)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        bs, blocks = 8, 200
+        cache = torch.randn(2, blocks, bs, 3, 64).to(dtype)
+        lens = torch.tensor([length])
+        tables = torch.randperm(blocks)[None, : -(-length // bs)]
+        q = torch.randn(1, 9, 64).to(dtype)
+        expected = _attend_decodes(q.float(), cache.float(), tables, lens, length, bs)
+        out = _attend_decodes(q, cache, tables, lens, 0, bs, use_native=True)
+    finally:
+        torch.set_num_threads(threads)
+    tol = 1e-5 if dtype == torch.float32 else 8e-3
+    torch.testing.assert_close(out.float(), expected, rtol=tol, atol=tol)
+
+
+@needs_native
 def test_native_decode_rejects_what_it_cannot_read() -> None:
     cache = torch.zeros(2, 4, 8, 2, 64)
     q, tables, lens = torch.zeros(1, 4, 64), torch.zeros(1, 2, dtype=torch.long), torch.tensor([16])
