@@ -47,8 +47,12 @@ def unpack_rows(weight: torch.Tensor, scales: torch.Tensor, rows: torch.Tensor) 
 
 
 class Q8_0Linear(nn.Module):
-    """``x @ W.T + bias`` with W in Q8_0 blocks (`pack`); the output has x's dtype (float32 or bfloat16)."""
+    """``x @ W.T + bias`` with W in Q8_0 blocks (`pack`); the output has x's dtype (float32 or bfloat16).
 
+    A subclass for another block format (`q4_1.Q4_1Linear`) sets `pack` and `matmul`."""
+
+    pack = staticmethod(pack)
+    matmul = staticmethod(native.q8_0_linear)
     weight: torch.Tensor
     scales: torch.Tensor
 
@@ -63,11 +67,11 @@ class Q8_0Linear(nn.Module):
 
     @classmethod
     def of(cls, linear: nn.Linear) -> Q8_0Linear:
-        return cls(*pack(linear.weight), linear.out_features, linear.bias)
+        return cls(*cls.pack(linear.weight), linear.out_features, linear.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features)
-        out = native.q8_0_linear(flat, self.weight, self.scales, self.out_features)
+        out = self.matmul(flat, self.weight, self.scales, self.out_features)
         if self.bias is not None:
             out = out + self.bias.to(out.dtype)
         return out.reshape(*x.shape[:-1], self.out_features)
@@ -76,6 +80,7 @@ class Q8_0Linear(nn.Module):
 class Q8_0Embedding(nn.Module):
     """Rows of a Q8_0-packed table dequantised on lookup (a tied LM head shares the same two tensors)."""
 
+    unpack_rows = staticmethod(unpack_rows)
     weight: torch.Tensor
     scales: torch.Tensor
 
@@ -86,4 +91,4 @@ class Q8_0Embedding(nn.Module):
         self.dtype = dtype
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return unpack_rows(self.weight, self.scales, ids).to(self.dtype)
+        return self.unpack_rows(self.weight, self.scales, ids).to(self.dtype)
