@@ -6,7 +6,8 @@ dequantised float weights: a Q4_1 block's min and max are m and m + 15 d, so the
 float rounding). A call quantises the activations per 32-block to int8 with their own scale s and takes per
 block ``d * s * sum(q * xq) + m * s * sum(xq)`` with integer dot products (AVX512-VNNI); a decode step reads
 0.75 bytes per weight (q8_0: 1.125). Every call takes that integer path (no AMX bfloat16 path, unlike q8_0).
-The module and embedding classes are q8_0's with this format's packing and kernel.
+The module is q8_0's with this format's packing and kernel; the LM head and a tied embedding stay q8_0
+(`quant`: SmolLM2's Q4_1 GGUF holds them in Q8_0).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from nereid.backends.llm import native
-from nereid.backends.llm.q8_0 import BLOCK, GROUP, Q8_0Embedding, Q8_0Linear
+from nereid.backends.llm.q8_0 import BLOCK, GROUP, Q8_0Linear
 
 
 def pack(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -56,9 +57,3 @@ class Q4_1Linear(Q8_0Linear):
 
     pack = staticmethod(pack)
     matmul = staticmethod(native.q4_1_linear)
-
-
-class Q4_1Embedding(Q8_0Embedding):
-    """Rows of a Q4_1-packed table dequantised on lookup (a tied LM head shares the same two tensors)."""
-
-    unpack_rows = staticmethod(unpack_rows)

@@ -80,7 +80,6 @@ class Q8_0Linear(nn.Module):
 class Q8_0Embedding(nn.Module):
     """Rows of a Q8_0-packed table dequantised on lookup (a tied LM head shares the same two tensors)."""
 
-    unpack_rows = staticmethod(unpack_rows)
     weight: torch.Tensor
     scales: torch.Tensor
 
@@ -91,4 +90,4 @@ class Q8_0Embedding(nn.Module):
         self.dtype = dtype
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.unpack_rows(self.weight, self.scales, ids).to(self.dtype)
+        return unpack_rows(self.weight, self.scales, ids).to(self.dtype)
