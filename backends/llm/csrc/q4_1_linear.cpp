@@ -7,7 +7,8 @@
 // Layout: output rows in groups of 16 (as q8_0_linear.cpp); per (group, block) 256 bytes = 4 vectors x 16 rows x
 // 4 bytes, byte j of row r in vector v holding element 4v + j in its low nibble and element 16 + 4v + j in its
 // high one, so `and 0x0F` / `shift 4, and 0x0F` give the 8 quad vectors of q8_0's layout. Then 32 floats: the
-// 16 rows' d, then their m. Every number of rows takes this integer path (no AMX bfloat16 path here).
+// 16 rows' d, then their m. From 32 rows on, where the CPU has AMX, the blocks are dequantised to bfloat16
+// tiles and multiplied as q8_0's prefill path does (block_linear.h's `run_amx`).
 #include "block_linear.h"
 
 namespace nereid {
@@ -113,6 +114,22 @@ void tile4_c(const QuantX& xq, const Weights4& w, int64_t r0, int64_t R, int64_t
 
 template <typename T>
 void run4(const T* x, const Weights4& w, int64_t groups, int64_t m, int64_t n_out, T* out) {
+#if NEREID_Q8_AMX
+  if (m >= kAmxRows && amx_usable()) {  // the nibbles unpacked to q8_0's quad layout, then bfloat16 tiles
+    return run_amx(x, w.blocks, groups, m, n_out, out, [&](int64_t g, int64_t b, uint16_t* dst) {
+      const uint8_t* src = w.q + (g * w.blocks + b) * kGroupBytes4;
+      const float* ws = w.scale + (g * w.blocks + b) * 2 * kGroup;
+      alignas(64) uint8_t quads[8 * 64];
+      const __m512i low = _mm512_set1_epi8(0x0F);
+      for (int v = 0; v < 4; ++v) {
+        const __m512i raw = _mm512_loadu_si512(src + v * 64);
+        _mm512_store_si512(quads + v * 64, _mm512_and_si512(raw, low));
+        _mm512_store_si512(quads + (v + 4) * 64, _mm512_and_si512(_mm512_srli_epi16(raw, 4), low));
+      }
+      dequant_block(quads, ws, ws + kGroup, dst);
+    });
+  }
+#endif
   QuantX xq;
   quantize_rows(x, m, w.blocks, xq);
   for_each_tile(groups, m, [&](int64_t r0, int64_t R, int64_t g0, int64_t C) {
