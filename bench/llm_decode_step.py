@@ -39,6 +39,7 @@ MATMUL_OPS = (
     "aten::_weight_int4pack_mm_for_cpu",
     "quantized::linear_dynamic",
     "nereid_native::q8_0_linear",
+    "nereid_native::q4_1_linear",
 )
 """Profiler event names counted as projections / LM head (self time; `aten::linear` itself is a wrapper)."""
 
@@ -116,6 +117,7 @@ DESIGNS: dict[str, Design] = {
     "int8-dynamic": ({}, dynamic_int8, (1, 1)),
     "q8_0": ({"weights": "q8_0"}, None, (1.125, 1.125)),  # int8 + a float32 scale per 32
     "q8_0-bfloat16": ({"weights": "q8_0", "dtype": "bfloat16"}, None, (1.125, 1.125)),
+    "q4_1": ({"weights": "q4_1"}, None, (0.75, 1.125)),  # 4 bits + float32 d and m per 32; head q8_0
     "float32-compiled": ({"compile": True}, None, (4, 4)),
 }
 

@@ -100,8 +100,8 @@ class EngineConfig:
     seed: int = 0
     """Seed of the generator used by requests without their own seed."""
     weights: str = "float"
-    """float | int8 | int4 | q8_0: keep the weights quantised in memory (CPU; see `quant`). int8 and int4 compute
-    in float32; q8_0 (the native block-quantised kernel) in float32 or bfloat16."""
+    """float | int8 | int4 | q8_0 | q4_1: keep the weights quantised in memory (CPU; see `quant`). int8 and int4
+    compute in float32; q8_0 and q4_1 (the native block-quantised kernels) in float32 or bfloat16."""
     compile: bool = False
     """Run decode-only steps through `torch.compile` (Inductor, frozen weights; see `compiled_decode`): faster
     single-stream decoding, equal to eager up to float rounding, compiled at load (tens of seconds).
@@ -131,12 +131,14 @@ class EngineConfig:
         for name in _POSITIVE:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.weights not in ("float", "int8", "int4", "q8_0"):
-            raise ValueError(f"weights must be float, int8, int4 or q8_0, got {self.weights!r}")
-        if self.weights == "q8_0" and (
+        if self.weights not in ("float", "int8", "int4", "q8_0", "q4_1"):
+            raise ValueError(f"weights must be float, int8, int4, q8_0 or q4_1, got {self.weights!r}")
+        if self.weights in ("q8_0", "q4_1") and (
             self.device != "cpu" or self.dtype not in ("auto", "float32", "bfloat16")
         ):
-            raise ValueError("weights=q8_0 needs device cpu and dtype float32 or bfloat16 (a CPU kernel)")
+            raise ValueError(
+                f"weights={self.weights} needs device cpu and dtype float32 or bfloat16 (a CPU kernel)"
+            )
         if self.weights in ("int8", "int4") and (
             self.device != "cpu" or self.dtype not in ("auto", "float32")
         ):

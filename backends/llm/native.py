@@ -1,6 +1,6 @@
 """The engine's C++ kernels (``csrc/``), compiled for this machine on first use and cached.
 
-``load()`` builds the ``csrc/*.cpp`` files (paged decode attention, the fused layer ops, the Q8_0 linear) with
+``load()`` builds the ``csrc/*.cpp`` files (paged decode attention, the fused layer ops, the Q8_0 and Q4_1 linears) with
 torch's extension builder (ninja + the system C++ compiler, ``-O3 -march=native``) into torch's extension
 cache (``TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``) and registers
 ``torch.ops.nereid_native.*``. The build is keyed by every ``csrc`` file (headers included) and the CPU's
@@ -121,6 +121,12 @@ def q8_0_linear(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, n_o
     """``x @ W.T`` for x [M, K] (float32 or bfloat16, quantised per 32-block on the fly) and the N = `n_out`
     rows of W packed by `q8_0.pack`; [M, N] in x's dtype. Call after `load()`."""
     return torch.ops.nereid_native.q8_0_linear(x, weight, scales, n_out)
+
+
+def q4_1_linear(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, n_out: int) -> torch.Tensor:
+    """``x @ W.T`` for x [M, K] (float32 or bfloat16, quantised per 32-block on the fly) and the N = `n_out`
+    rows of W packed by `q4_1.pack`; [M, N] in x's dtype. Call after `load()`."""
+    return torch.ops.nereid_native.q4_1_linear(x, weight, scales, n_out)
 
 
 def q8_0_amx_rows() -> int:

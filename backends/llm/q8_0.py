@@ -47,8 +47,12 @@ def unpack_rows(weight: torch.Tensor, scales: torch.Tensor, rows: torch.Tensor) 
 
 
 class Q8_0Linear(nn.Module):
-    """``x @ W.T + bias`` with W in Q8_0 blocks (`pack`); the output has x's dtype (float32 or bfloat16)."""
+    """``x @ W.T + bias`` with W in Q8_0 blocks (`pack`); the output has x's dtype (float32 or bfloat16).
 
+    A subclass for another block format (`q4_1.Q4_1Linear`) sets `pack` and `matmul`."""
+
+    pack = staticmethod(pack)
+    matmul = staticmethod(native.q8_0_linear)
     weight: torch.Tensor
     scales: torch.Tensor
 
@@ -63,11 +67,11 @@ class Q8_0Linear(nn.Module):
 
     @classmethod
     def of(cls, linear: nn.Linear) -> Q8_0Linear:
-        return cls(*pack(linear.weight), linear.out_features, linear.bias)
+        return cls(*cls.pack(linear.weight), linear.out_features, linear.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features)
-        out = native.q8_0_linear(flat, self.weight, self.scales, self.out_features)
+        out = self.matmul(flat, self.weight, self.scales, self.out_features)
         if self.bias is not None:
             out = out + self.bias.to(out.dtype)
         return out.reshape(*x.shape[:-1], self.out_features)

@@ -5,7 +5,8 @@
 input dimension with a float scale and offset per group (``_weight_int4pack_mm_for_cpu``) — the layout of
 GGUF's Q4_1 blocks, so a Q4_1 checkpoint is represented exactly — and the embedding / LM head as int8.
 ``q8_0``: the projections and LM head in GGUF Q8_0-style blocks times activations quantised per block, by the
-native VNNI kernel (`q8_0`; float32 or bfloat16 around it). ``float`` keeps the checkpoint dequantised in the
+native VNNI kernel (`q8_0`; float32 or bfloat16 around it); ``q4_1`` the projections in GGUF Q4_1 blocks
+(`q4_1`), the LM head in q8_0. ``float`` keeps the checkpoint dequantised in the
 engine dtype. torch's quantised kernels run on CPU in float32;
 measurements of memory, speed and agreement with the float model are in bench/RESULTS.md ("Quantised weights").
 """
@@ -19,9 +20,11 @@ from torch import nn
 
 from nereid.backends.llm import native
 from nereid.backends.llm.models.llama import LlamaForCausalLM
+from nereid.backends.llm.q4_1 import Q4_1Linear
 from nereid.backends.llm.q8_0 import BLOCK, Q8_0Embedding, Q8_0Linear
 
-WEIGHTS = ("float", "int8", "int4", "q8_0")
+WEIGHTS = ("float", "int8", "int4", "q8_0", "q4_1")
+_BLOCK_PROJECTIONS = {"q8_0": Q8_0Linear, "q4_1": Q4_1Linear}
 INT4_GROUP = 32
 _PROJECTIONS = ("self_attn.qkv_proj", "self_attn.o_proj", "mlp.gate_up_proj", "mlp.down_proj")
 
@@ -106,8 +109,8 @@ def quantize(model: LlamaForCausalLM, weights: str) -> LlamaForCausalLM:
         raise ValueError(f"weights must be one of {list(WEIGHTS)}, got {weights!r}")
     if model.model.embed_tokens.weight.device.type != "cpu":
         raise ValueError(f"weights={weights} runs on CPU only (the fused kernels are torch's CPU ones)")
-    if weights == "q8_0":
-        return _quantize_q8_0(model)
+    if weights in _BLOCK_PROJECTIONS:
+        return _quantize_blocks(model, weights)
     make = Int8Linear.of if weights == "int8" else Int4Linear
     _replace_projections(model, make)
     tied = model.config.tie_word_embeddings
@@ -128,15 +131,21 @@ def _replace_projections(model: LlamaForCausalLM, make: Callable[[nn.Linear], nn
             setattr(parent, child, make(getattr(parent, child)))
 
 
-def _quantize_q8_0(model: LlamaForCausalLM) -> LlamaForCausalLM:
+def _quantize_blocks(model: LlamaForCausalLM, weights: str) -> LlamaForCausalLM:
+    """q8_0 / q4_1: the projections in the format's blocks; the LM head (and a tied embedding) in q8_0 for both:
+    SmolLM2's Q4_1 GGUF keeps its tied embedding in Q8_0 (4-bit there: greedy agreement 0.57 instead of 0.9+).
+    An untied embedding stays float."""
+    linear_cls = _BLOCK_PROJECTIONS[weights]
     if not native.load():
-        raise ValueError("weights=q8_0 needs the native kernels, which could not be built here (see the log)")
+        raise ValueError(
+            f"weights={weights} needs the native kernels, which could not be built here (see the log)"
+        )
     for linear in model.modules():  # every input size checked first: fail before changing anything
         if isinstance(linear, nn.Linear) and linear.in_features % BLOCK:
             raise ValueError(
-                f"weights=q8_0 needs every input size to be a multiple of {BLOCK}, got {linear.in_features}"
+                f"weights={weights} needs every input size to be a multiple of {BLOCK}, got {linear.in_features}"
             )
-    _replace_projections(model, Q8_0Linear.of)
+    _replace_projections(model, linear_cls.of)
     table = model.model.embed_tokens.weight
     if model.config.tie_word_embeddings:
         head = Q8_0Linear.of(model.lm_head)

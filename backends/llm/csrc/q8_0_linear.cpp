@@ -10,98 +10,18 @@
 // block's int32 results are scaled by the 16 weight scales times the token's block scale in one multiply-add.
 // The +128 offset is taken back through the accumulator's start value, -128 * (sum of the activation block),
 // computed once per token. A task's weight rows stay in cache while every token of the call passes over them.
-#include <ATen/ATen.h>
-#include <ATen/Parallel.h>
-#include <c10/util/BFloat16.h>
-#include <torch/library.h>
-
-#include <algorithm>
-#include <cmath>
-#include <cstdint>
-#include <cstdlib>
-#include <cstring>
-#include <string>
-#include <type_traits>
-#include <vector>
-
-#if defined(__AVX512F__) && defined(__AVX512VNNI__)
-#include <immintrin.h>
-#define NEREID_Q8_VNNI 1
-#endif
-#if NEREID_Q8_VNNI && defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512BF16__) && defined(__linux__)
-#include <sys/syscall.h>
-#include <unistd.h>
-#define NEREID_Q8_AMX 1
-#endif
+#include "block_linear.h"
 
 namespace nereid {
 namespace {
 
-constexpr int64_t kBlock = 32;
-constexpr int64_t kGroup = 16;  // output rows per packed group
 constexpr int64_t kGroupBytes = kGroup * kBlock;  // one block of one group
-
-// The call's activations quantised: per token K bytes (int8) and, per block, the scale and the accumulator's
-// start value -128 * sum (int32; the block sums of |q| <= 127 stay far inside int32 with the dot products).
-struct QuantX {
-  std::vector<int8_t> q;
-  std::vector<float> scale;
-  std::vector<int32_t> start;
-  int64_t blocks = 0;
-  const int8_t* row(int64_t r) const { return q.data() + r * blocks * kBlock; }
-};
-
-template <typename T>
-void quantize_rows(const T* x, int64_t m, int64_t blocks, QuantX& out) {
-  out.blocks = blocks;
-  out.q.resize(m * blocks * kBlock);
-  out.scale.resize(m * blocks);
-  out.start.resize(m * blocks);
-  at::parallel_for(0, m, 16, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin * blocks; i < end * blocks; ++i) {  // i: a block of a token
-      const T* src = x + i * kBlock;
-      float amax = 0.f;
-      for (int64_t e = 0; e < kBlock; ++e) amax = std::max(amax, std::fabs(static_cast<float>(src[e])));
-      const float inv = amax > 0.f ? 127.f / amax : 0.f;
-      int32_t sum = 0;
-      for (int64_t e = 0; e < kBlock; ++e) {
-        const int8_t v = static_cast<int8_t>(std::nearbyint(static_cast<float>(src[e]) * inv));  // |v| <= 127
-        out.q[i * kBlock + e] = v;
-        sum += v;
-      }
-      out.scale[i] = amax / 127.f;
-      out.start[i] = -128 * sum;
-    }
-  });
-}
 
 struct Weights {
   const uint8_t* q;  // [groups, blocks, 8, 16, 4]
   const float* scale;  // [groups, blocks, 16]
   int64_t blocks;
 };
-
-// Writes out[r, g * 16 + l] for l < valid (the last group may be padding past the real rows).
-template <typename T>
-void store_group(T* out, int64_t n_out, int64_t r, int64_t g, const float* vals) {
-  const int64_t valid = std::min(kGroup, n_out - g * kGroup);
-  T* dst = out + r * n_out + g * kGroup;
-#if NEREID_Q8_VNNI
-  if (valid == kGroup) {
-    const __m512 v = _mm512_loadu_ps(vals);
-    if constexpr (std::is_same_v<T, float>) {
-      _mm512_storeu_ps(dst, v);
-    } else {  // bfloat16, rounded to nearest even as c10::BFloat16 does (finite values)
-      const __m512i bits = _mm512_castps_si512(v);
-      const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
-      const __m512i rounded = _mm512_add_epi32(_mm512_add_epi32(bits, _mm512_set1_epi32(0x7fff)), lsb);
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), _mm512_cvtepi32_epi16(_mm512_srli_epi32(rounded, 16)));
-    }
-    return;
-  }
-#endif
-  for (int64_t l = 0; l < valid; ++l) dst[l] = static_cast<T>(vals[l]);
-}
 
 // Tokens [r0, r0 + R) x groups [g0, g0 + C), any CPU; the same sums as the AVX512 path, in another order.
 template <typename T>
@@ -127,12 +47,6 @@ void tile_scalar(const QuantX& xq, const Weights& w, int64_t r0, int64_t R, int6
 }
 
 #if NEREID_Q8_VNNI
-inline __m512i bcast32(const int8_t* p) {
-  int32_t v;
-  std::memcpy(&v, p, sizeof(v));
-  return _mm512_set1_epi32(v);
-}
-
 // R tokens x C groups (16 rows each): a block's 8 C weight vectors are loaded once for the R tokens.
 template <typename T, int R, int C>
 void tile_avx512(const QuantX& xq, const Weights& w, int64_t r0, int64_t g0, int64_t n_out, T* out) {
@@ -193,141 +107,19 @@ void tile(const QuantX& xq, const Weights& w, int64_t r0, int64_t R, int64_t g0,
 }
 
 
-#if NEREID_Q8_AMX
-// Many rows (a prefill chunk, a big batch): the integer path's per-block float work (convert, scale, add for
-// every 32 products) caps it near 40 products per cycle, so instead each task dequantises its 32 weight rows
-// once into bfloat16 AMX B tiles and multiplies them with the activations in bfloat16 on the tile unit,
-// accumulating in float32 across all of K: the same weights, the activations rounded to bfloat16 instead of
-// int8 per block. Used from kAmxRows rows on, where dequantising (K x 32 values per task) is cheap.
-constexpr int64_t kAmxRows = 32;
-
-bool amx_usable() {
-  // Linux hands the tile registers' state only to a process that asks (ARCH_REQ_XCOMP_PERM, XTILEDATA).
-  // NEREID_Q8_0_AMX=0 keeps every call on the integer path (for measurements).
-  static const bool ok = !(std::getenv("NEREID_Q8_0_AMX") && std::string(std::getenv("NEREID_Q8_0_AMX")) == "0") &&
-                         syscall(SYS_arch_prctl, 0x1023, 18) == 0;
-  return ok;
-}
-
-struct alignas(64) TileConfig {
-  uint8_t palette = 1, start_row = 0, reserved[14] = {};
-  uint16_t colsb[16] = {};
-  uint8_t rows[16] = {};
-};
-
-// One (group, block) of weights [8 quads][16 rows][4] u8 -> the bfloat16 B tile [16 pairs][16 rows][2].
-inline void dequant_block(const uint8_t* src, const float* scale, uint16_t* dst) {
-  const __m512 ws = _mm512_loadu_ps(scale);
-  const __m512i quarter = _mm512_srli_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), 2);
-  __m512 wsx[4], bias[4];  // lane l of part p: row 4p + l / 4 (a part: 16 bytes = 4 rows x 4 values)
-  for (int p = 0; p < 4; ++p) {
-    wsx[p] = _mm512_permutexvar_ps(_mm512_add_epi32(quarter, _mm512_set1_epi32(4 * p)), ws);
-    bias[p] = _mm512_mul_ps(wsx[p], _mm512_set1_ps(128.f));
-  }
-  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-  const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
-  for (int q = 0; q < 8; ++q) {
-    __m512 f[4];
-    for (int p = 0; p < 4; ++p) {
-      const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + q * 64 + p * 16));
-      f[p] = _mm512_fmsub_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(bytes)), wsx[p], bias[p]);
-    }
-    // 32-bit unit u of lo: row u / 2's pair (k0, k1) for even u, (k2, k3) for odd u; hi: rows 8-15.
-    const __m512i lo = (__m512i)_mm512_cvtne2ps_pbh(f[1], f[0]);
-    const __m512i hi = (__m512i)_mm512_cvtne2ps_pbh(f[3], f[2]);
-    _mm512_storeu_si512(dst + (2 * q) * 32, _mm512_permutex2var_epi32(lo, even, hi));
-    _mm512_storeu_si512(dst + (2 * q + 1) * 32, _mm512_permutex2var_epi32(lo, odd, hi));
-  }
-}
-
-inline uint16_t bf16_bits(float v) { return c10::BFloat16(v).x; }
-inline uint16_t bf16_bits(c10::BFloat16 v) { return v.x; }
-
-template <typename T>
-void run_amx(const T* x, const Weights& w, int64_t groups, int64_t m, int64_t n_out, T* out) {
-  const int64_t k = w.blocks * kBlock, mp = (m + 31) / 32 * 32;
-  // x in bfloat16 as A tiles: [mp / 16][blocks][16 rows][32], each tile contiguous; rows past m are zeros.
-  std::vector<uint16_t> xb(mp * k, 0);
-  at::parallel_for(0, m, 16, [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r)
-      for (int64_t b = 0; b < w.blocks; ++b) {
-        uint16_t* dst = xb.data() + ((r / 16 * w.blocks + b) * 16 + r % 16) * kBlock;
-        for (int64_t e = 0; e < kBlock; ++e) dst[e] = bf16_bits(x[r * k + b * kBlock + e]);
-      }
-  });
-  const int64_t tasks = (groups + 1) / 2;
-  at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
-    TileConfig cfg;
-    for (int t = 0; t < 8; ++t) cfg.rows[t] = 16, cfg.colsb[t] = 64;
-    _tile_loadconfig(&cfg);
-    std::vector<uint16_t> bt(2 * w.blocks * 512);
-    alignas(64) float c[4][kGroup * kGroup];
-    for (int64_t t = begin; t < end; ++t) {
-      const int64_t g0 = 2 * t, C = std::min<int64_t>(2, groups - g0);
-      for (int64_t j = 0; j < 2; ++j)
-        for (int64_t b = 0; b < w.blocks; ++b) {
-          uint16_t* dst = bt.data() + (j * w.blocks + b) * 512;
-          if (j < C) dequant_block(w.q + ((g0 + j) * w.blocks + b) * kGroupBytes, w.scale + ((g0 + j) * w.blocks + b) * kGroup, dst);
-          else std::fill(dst, dst + 512, 0);
-        }
-      const uint16_t* b0 = bt.data();
-      const uint16_t* b1 = bt.data() + w.blocks * 512;
-      for (int64_t r0 = 0; r0 < mp; r0 += 32) {
-        _tile_zero(0);
-        _tile_zero(1);
-        _tile_zero(2);
-        _tile_zero(3);
-        for (int64_t b = 0; b < w.blocks; ++b) {
-          _tile_loadd(4, xb.data() + (r0 / 16 * w.blocks + b) * 512, 64);
-          _tile_loadd(5, xb.data() + ((r0 / 16 + 1) * w.blocks + b) * 512, 64);
-          _tile_loadd(6, b0 + b * 512, 64);
-          _tile_loadd(7, b1 + b * 512, 64);
-          _tile_dpbf16ps(0, 4, 6);
-          _tile_dpbf16ps(1, 4, 7);
-          _tile_dpbf16ps(2, 5, 6);
-          _tile_dpbf16ps(3, 5, 7);
-        }
-        if constexpr (std::is_same_v<T, float>) {
-          if (C == 2 && r0 + 32 <= m && (g0 + 2) * kGroup <= n_out) {  // a whole 32 x 32 tile: straight out
-            float* dst = out + r0 * n_out + g0 * kGroup;
-            _tile_stored(0, dst, n_out * 4);
-            _tile_stored(1, dst + kGroup, n_out * 4);
-            _tile_stored(2, dst + 16 * n_out, n_out * 4);
-            _tile_stored(3, dst + 16 * n_out + kGroup, n_out * 4);
-            continue;
-          }
-        }
-        _tile_stored(0, c[0], 64);
-        _tile_stored(1, c[1], 64);
-        _tile_stored(2, c[2], 64);
-        _tile_stored(3, c[3], 64);
-        for (int64_t h = 0; h < 2; ++h)
-          for (int64_t i = 0; i < 16 && r0 + 16 * h + i < m; ++i)
-            for (int64_t j = 0; j < C; ++j) store_group(out, n_out, r0 + 16 * h + i, g0 + j, c[2 * h + j] + i * kGroup);
-      }
-    }
-    _tile_release();
-  });
-}
-#endif
-
-constexpr int64_t kGroupsPerTask = 2;  // 32 weight rows: <= 48 KiB for K = 1536, kept in L1/L2 per task
-constexpr int64_t kTokens = 4;
 
 template <typename T>
 void run(const T* x, const Weights& w, int64_t groups, int64_t m, int64_t n_out, T* out) {
 #if NEREID_Q8_AMX
-  if (m >= kAmxRows && amx_usable()) return run_amx(x, w, groups, m, n_out, out);
+  if (m >= kAmxRows && amx_usable()) {
+    return run_amx(x, w.blocks, groups, m, n_out, out, [&](int64_t g, int64_t b, uint16_t* dst) {
+      dequant_block(w.q + (g * w.blocks + b) * kGroupBytes, w.scale + (g * w.blocks + b) * kGroup, nullptr, dst);
+    });
+  }
 #endif
   QuantX xq;
   quantize_rows(x, m, w.blocks, xq);
-  const int64_t tasks = (groups + kGroupsPerTask - 1) / kGroupsPerTask;
-  at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t t = begin; t < end; ++t) {
-      const int64_t g0 = t * kGroupsPerTask, C = std::min(kGroupsPerTask, groups - g0);
-      for (int64_t r0 = 0; r0 < m; r0 += kTokens) tile(xq, w, r0, std::min(kTokens, m - r0), g0, C, n_out, out);
-    }
-  });
+  for_each_tile(groups, m, [&](int64_t r0, int64_t R, int64_t g0, int64_t C) { tile(xq, w, r0, R, g0, C, n_out, out); });
 }
 
 // From how many rows on a call takes the AMX path here (0: never: no AMX, or NEREID_Q8_0_AMX=0).

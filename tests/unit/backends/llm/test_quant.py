@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from nereid.backends.llm import EngineConfig, LLMEngine, SamplingParams, native
+from nereid.backends.llm import EngineConfig, LLMEngine, SamplingParams, native, q4_1
 from nereid.backends.llm.q8_0 import Q8_0Linear, pack, unpack_rows
 from nereid.backends.llm.quant import Int4Linear, Int8Linear, resident_weight_bytes
 
@@ -27,7 +27,8 @@ TOKENS = 16
 # model's, position by position. The thresholds leave a margin below the measurement.
 # q8_0: 0.750 (its prompts' prefill on the AMX bfloat16 path), 0.927 with every call on the integer path
 # (NEREID_Q8_0_AMX=0): one prompt diverging early moves this 6 x 16 measure by up to 0.17; bfloat16 0.792.
-MIN_AGREEMENT = {"int8": 0.7, "int4": 0.85, "q8_0": 0.7}  # measured: int8 0.854, int4 0.969
+# q4_1 (the checkpoint's own blocks, the LM head q8_0): 0.906 (0.833 with the prefill on the integer path too).
+MIN_AGREEMENT = {"int8": 0.7, "int4": 0.85, "q8_0": 0.7, "q4_1": 0.7}  # measured: int8 0.854, int4 0.969
 needs_native = pytest.mark.skipif(not native.load(), reason="the native kernels did not build here")
 
 
@@ -116,6 +117,48 @@ def test_q8_0_kernel_matches_its_float_reference(m, n, k):
         torch.testing.assert_close(out.double(), reference, atol=tol, rtol=0)
 
 
+def q4_1_blocks(n: int, k: int) -> torch.Tensor:
+    """[n, k] float made of Q4_1 blocks: w = d * q + m per 32, q in 0..15 with both ends used."""
+    q = torch.randint(0, 16, (n, k // 32, 32))
+    q[..., 0], q[..., 1] = 0, 15
+    d, m = torch.rand(n, k // 32, 1) * 0.1, torch.randn(n, k // 32, 1) * 0.1
+    return (q * d + m).reshape(n, k)
+
+
+@pytest.mark.parametrize("k", [32, 96, 576])
+def test_q4_1_pack_reproduces_q4_1_blocks(k):
+    torch.manual_seed(k)
+    w = q4_1_blocks(37, k)  # 37: a partial group of 16
+    weight, scales = q4_1.pack(w)
+    back = q4_1.unpack_rows(weight, scales, torch.arange(37))
+    torch.testing.assert_close(back, w, atol=1e-6, rtol=0)
+    assert torch.equal(q4_1.pack(back)[0], weight)
+    assert torch.equal(q4_1.unpack_rows(weight, scales, torch.tensor([[5, 36]])), back[[5, 36]][None])
+
+
+@needs_native
+@pytest.mark.parametrize("m", [1, 3, 7, 32, 256])
+@pytest.mark.parametrize(("n", "k"), [(5, 32), (33, 96), (64, 576)])
+def test_q4_1_kernel_matches_its_float_reference(m, n, k):
+    """The kernel = (x rounded) @ (W's blocks).T up to float summation order: x rounded to int8 per 32-block,
+    or from `q8_0_amx_rows()` rows on (the AMX path, shared with q8_0) both rounded to bfloat16."""
+    torch.manual_seed(m * n + k)
+    w, x = q4_1_blocks(n, k), torch.randn(m, k) * 3
+    x[0, :40] = 0  # a zero block, and half of the next
+    x[-1, 5] = 200.0  # an outlier coarsens its own block only
+    weight, scales = q4_1.pack(w)
+    for dtype in (torch.float32, torch.bfloat16):
+        xd = x.to(dtype).float()
+        if 0 < native.q8_0_amx_rows() <= m:
+            reference = xd.bfloat16().double() @ w.bfloat16().double().T
+        else:
+            reference = per_block_int8(xd).double() @ w.double().T
+        out = native.q4_1_linear(x.to(dtype), weight, scales, n)
+        assert out.dtype == dtype and out.shape == (m, n)
+        tol = (1e-4 if dtype == torch.float32 else 1e-2) * reference.abs().max().item()
+        torch.testing.assert_close(out.double(), reference, atol=tol, rtol=0)
+
+
 @needs_native
 def test_q8_0_linear_module_keeps_bias_and_leading_dims():
     torch.manual_seed(0)
@@ -151,7 +194,11 @@ def test_q8_0_load_rejects_a_model_with_hidden_size_48(tmp_path, tiny_llm_builde
 
 @pytest.mark.parametrize(
     "weights",
-    ["int8", "int4", pytest.param("q8_0", marks=needs_native), pytest.param("q8_0-bf16", marks=needs_native)],
+    [
+        "int8",
+        "int4",
+        *(pytest.param(w, marks=needs_native) for w in ("q8_0", "q8_0-bf16", "q4_1", "q4_1-bf16")),
+    ],
 )
 def test_tiny_engine_runs_quantised(make_engine, run, collect_tokens, weights):
     weights, _, bf16 = weights.partition("-")
@@ -182,6 +229,8 @@ def test_bad_weights_value():
     with pytest.raises(ValueError, match="q8_0 needs device cpu and dtype float32 or bfloat16"):
         EngineConfig(model="x", weights="q8_0", dtype="float16")
     EngineConfig(model="x", weights="q8_0", dtype="bfloat16")
+    with pytest.raises(ValueError, match="q4_1 needs device cpu and dtype float32 or bfloat16"):
+        EngineConfig(model="x", weights="q4_1", device="cuda")
 
 
 def greedy(engine: LLMEngine) -> list[list[int]]:
@@ -205,7 +254,9 @@ def float_smollm2() -> Iterator[tuple[int, list[list[int]]]]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("weights", ["int8", "int4", pytest.param("q8_0", marks=needs_native)])
+@pytest.mark.parametrize(
+    "weights", ["int8", "int4", *(pytest.param(w, marks=needs_native) for w in ("q8_0", "q4_1"))]
+)
 def test_smollm2_quantised_memory_and_agreement(float_smollm2, weights):
     float_bytes, reference = float_smollm2
     path = smollm2_path()
