@@ -29,3 +29,12 @@ def test_every_package_folder_is_listed():
 
 def test_tests_have_no_init_files():
     assert not list((ROOT / "tests").rglob("__init__.py"))
+
+
+def test_the_native_kernel_sources_ship_in_the_wheel():
+    """The LLM engine compiles backends/llm/csrc on first use: every file there (headers too) is package data."""
+    data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    globs = data["nereid.backends.llm"]
+    csrc = ROOT / "backends" / "llm"
+    shipped = {p for g in globs for p in csrc.glob(g)}
+    assert shipped == set((csrc / "csrc").iterdir())
