@@ -65,11 +65,6 @@ def load() -> bool:
     return True
 
 
-def available() -> bool:
-    """Whether `torch.ops.nereid_native` is loaded (building it if needed)."""
-    return load()
-
-
 def paged_decode_attention(
     q: torch.Tensor,
     kv_cache: torch.Tensor,

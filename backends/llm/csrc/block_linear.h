@@ -41,6 +41,36 @@ struct QuantX {
   const int8_t* row(int64_t r) const { return q.data() + r * blocks * kBlock; }
 };
 
+// The argument checks and dtype dispatch of a block-quantised linear op `name`: x [M, K] float32 or bfloat16,
+// weight [N / 16, K / 32, group_bytes] uint8 (packed groups of 16 rows), scales [N / 16, K / 32, scale_width]
+// float32, n_out = N. Calls run(x_ptr, groups, blocks, m, out_ptr) with x's C++ type; returns out [M, N].
+template <typename Run>
+at::Tensor block_linear(const char* name, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scales,
+                        int64_t n_out, int64_t group_bytes, int64_t scale_width, const Run& run) {
+  TORCH_CHECK(x.device().is_cpu() && weight.device().is_cpu() && scales.device().is_cpu(), name, " runs on CPU");
+  TORCH_CHECK(weight.dim() == 3 && weight.scalar_type() == at::kByte && weight.is_contiguous() &&
+                  weight.size(2) == group_bytes,
+              "weight must be a contiguous [N / 16, K / 32, ", group_bytes, "] uint8 tensor");
+  const int64_t groups = weight.size(0), blocks = weight.size(1);
+  TORCH_CHECK(scales.scalar_type() == at::kFloat && scales.is_contiguous() && scales.dim() == 3 &&
+                  scales.size(0) == groups && scales.size(1) == blocks && scales.size(2) == scale_width,
+              "scales must be a contiguous [N / 16, K / 32, ", scale_width, "] float32 tensor");
+  TORCH_CHECK(n_out > (groups - 1) * kGroup && n_out <= groups * kGroup, "n_out ", n_out, " does not fit ",
+              groups, " groups of 16 rows");
+  TORCH_CHECK(x.dim() == 2 && x.size(1) == blocks * kBlock, "x must be [M, ", blocks * kBlock, "]");
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16, "x must be float32 or bfloat16");
+  const at::Tensor xc = x.contiguous();
+  const int64_t m = x.size(0);
+  at::Tensor out = at::empty({m, n_out}, x.options());
+  if (m == 0) return out;
+  if (x.scalar_type() == at::kFloat) {
+    run(xc.data_ptr<float>(), groups, blocks, m, out.data_ptr<float>());
+  } else {
+    run(xc.data_ptr<c10::BFloat16>(), groups, blocks, m, out.data_ptr<c10::BFloat16>());
+  }
+  return out;
+}
+
 template <typename T>
 void quantize_rows(const T* x, int64_t m, int64_t blocks, QuantX& out) {
   out.blocks = blocks;

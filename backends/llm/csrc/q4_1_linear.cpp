@@ -143,30 +143,10 @@ void run4(const T* x, const Weights4& w, int64_t groups, int64_t m, int64_t n_ou
 }
 
 at::Tensor q4_1_linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scales, int64_t n_out) {
-  TORCH_CHECK(x.device().is_cpu() && weight.device().is_cpu() && scales.device().is_cpu(),
-              "q4_1_linear runs on CPU");
-  TORCH_CHECK(weight.dim() == 3 && weight.scalar_type() == at::kByte && weight.is_contiguous() &&
-                  weight.size(2) == kGroupBytes4,
-              "weight must be a contiguous [N / 16, K / 32, 256] uint8 tensor");
-  const int64_t groups = weight.size(0), blocks = weight.size(1);
-  TORCH_CHECK(scales.scalar_type() == at::kFloat && scales.is_contiguous() && scales.dim() == 3 &&
-                  scales.size(0) == groups && scales.size(1) == blocks && scales.size(2) == 2 * kGroup,
-              "scales must be a contiguous [N / 16, K / 32, 32] float32 tensor");
-  TORCH_CHECK(n_out > (groups - 1) * kGroup && n_out <= groups * kGroup, "n_out ", n_out, " does not fit ",
-              groups, " groups of 16 rows");
-  TORCH_CHECK(x.dim() == 2 && x.size(1) == blocks * kBlock, "x must be [M, ", blocks * kBlock, "]");
-  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16, "x must be float32 or bfloat16");
-  const at::Tensor xc = x.contiguous();
-  const int64_t m = x.size(0);
-  at::Tensor out = at::empty({m, n_out}, x.options());
-  if (m == 0) return out;
-  const Weights4 w{weight.data_ptr<uint8_t>(), scales.data_ptr<float>(), blocks};
-  if (x.scalar_type() == at::kFloat) {
-    run4(xc.data_ptr<float>(), w, groups, m, n_out, out.data_ptr<float>());
-  } else {
-    run4(xc.data_ptr<c10::BFloat16>(), w, groups, m, n_out, out.data_ptr<c10::BFloat16>());
-  }
-  return out;
+  return block_linear("q4_1_linear", x, weight, scales, n_out, kGroupBytes4, 2 * kGroup,
+                      [&](const auto* xp, int64_t groups, int64_t blocks, int64_t m, auto* out) {
+                        run4(xp, Weights4{weight.data_ptr<uint8_t>(), scales.data_ptr<float>(), blocks}, groups, m, n_out, out);
+                      });
 }
 
 }  // namespace
