@@ -84,7 +84,7 @@ class ModelRunner:
             context_lens_cpu=ctx_lens,
             num_decodes=num_decodes,
             block_size=bs,
-            decode_groups=decode_groups(ctx_lens[:num_decodes]),
+            decode_groups=[] if self.native_decode else decode_groups(ctx_lens[:num_decodes]),
             native_decode=self.native_decode,
         )
         return (
